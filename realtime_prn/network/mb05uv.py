@@ -1,0 +1,169 @@
+"""``mb05uv``: 3DDFA_V2's mb05 regressor + a dense UV decoder, with exactly PRN's input and output.
+
+What it is: a port of 3DDFA_V2's ``mb05_120x120`` weights (cleardusk/3DDFA_V2, MIT repo; the
+weights were trained on 300W-LP, non-commercial data) composed with a fixed dense BFM basis laid
+out in PRN's UV space (:mod:`realtime_prn.network.uv_basis`). It is **not** the official PRN
+network or weights (those are unavailable) and it was **not** trained by this project.
+
+Why it exists: it gives the project an offline default model that is a drop-in PRN: it takes a
+256x256 PRN crop and returns a 256x256x3 position map, so every downstream stage (landmarks, pose,
+mesh, rendering, engines) runs unchanged.
+
+Graph (all inside one Keras model, tf2onnx-friendly at opset 17):
+
+1. input N x 256 x 256 x 3 float32 RGB in [0, 1] (PRN's crop);
+2. bilinear resize to 120x120 with half-pixel centres (what ``cv2.resize`` INTER_LINEAR does when
+   shrinking; no antialiasing), RGB -> BGR, x255, (x - 127.5) / 128;
+3. the mb05 backbone -> 62 params, de-normalised (out * std + mean);
+4. dense BFM points = mean + basis @ [alpha_shp; alpha_exp] on every UV pixel;
+5. the 3x4 camera, then 3DDFA_V2's ``similar_transform`` in the 120 frame (x -= 1, z -= 1,
+   y = 120 - y), scaled by 256/120 into the 256-crop frame (x, y and z alike);
+6. z -= min z over the covered pixels; uncovered pixels are 0.
+
+The output is PRN's convention: N x 256 x 256 x 3 position map in 256-crop pixels, z toward the
+camera, so ``api.py``-style code maps it back with the inverse crop transform.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from realtime_prn.network.mb05 import (
+    INPUT_SIZE,
+    build_mb05_model,
+    load_param_stats,
+    mb05_backbone,
+)
+from realtime_prn.network.mb05 import load_state_dict as _load_sd
+from realtime_prn.network.uv_basis import RES, UVBasis, load_uv_basis
+
+NAME = "mb05uv"
+CROP = RES  # 256: PRN's input and output resolution
+SCALE_120_TO_CROP = CROP / INPUT_SIZE
+
+
+def similar_transform_crop(pts120: np.ndarray) -> np.ndarray:
+    """3DDFA_V2's similar_transform for a roi of [0, 0, 256, 256], without the min-z shift.
+
+    ``pts120`` is (..., 3) in the network's 120 frame; the result is in 256-crop pixels.
+    """
+    k = SCALE_120_TO_CROP
+    out = np.empty_like(pts120)
+    out[..., 0] = (pts120[..., 0] - 1.0) * k
+    out[..., 1] = (INPUT_SIZE - pts120[..., 1]) * k
+    out[..., 2] = (pts120[..., 2] - 1.0) * k
+    return out
+
+
+def camera(params: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply the de-normalised 3x4 camera (row-major first 12 params) to BFM points (N, ..., 3)."""
+    p = np.asarray(params, np.float64).reshape(-1, 62)
+    r = p[:, :12].reshape(-1, 3, 4)
+    shape = pts.shape
+    flat = pts.reshape(len(p), -1, 3)
+    return (np.einsum("nij,npj->npi", r[:, :, :3], flat) + r[:, None, :, 3]).reshape(shape)
+
+
+def params_to_posmap_np(params: np.ndarray, ub: UVBasis) -> np.ndarray:
+    """Numpy reference of the decoder: de-normalised params (N, 62) -> (N, 256, 256, 3) maps.
+
+    Kept beside the graph so tests can check the TF/ONNX decoder against plain arithmetic.
+    """
+    p = np.asarray(params, np.float64).reshape(-1, 62)
+    verts = ub.mean.astype(np.float64) + np.einsum("yxcj,nj->nyxc", ub.basis.astype(np.float64), p[:, 12:])
+    pos = similar_transform_crop(camera(p, verts))
+    zmin = np.where(ub.covered, pos[..., 2], np.inf).min(axis=(1, 2))
+    pos[..., 2] -= zmin[:, None, None]
+    pos *= ub.covered[None, :, :, None]
+    return pos.astype(np.float32)
+
+
+def sparse_landmarks_crop(params: np.ndarray, u_base: np.ndarray, w_shp: np.ndarray,
+                          w_exp: np.ndarray) -> np.ndarray:
+    """The teacher's own 68 landmarks for de-normalised params, in 256-crop pixels (no z shift)."""
+    p = np.asarray(params, np.float64).reshape(-1, 62)
+    v = u_base + np.einsum("kcj,nj->nkc", w_shp, p[:, 12:52]) + np.einsum("kcj,nj->nkc", w_exp, p[:, 52:])
+    return similar_transform_crop(camera(p, v))
+
+
+def landmarks_from_posmap(pos: np.ndarray, kpt_ind: np.ndarray) -> np.ndarray:
+    """PRN's landmark read-out: ``pos[ind[1], ind[0]]`` -> (..., 68, 3)."""
+    return pos[..., kpt_ind[1], kpt_ind[0], :]
+
+
+def _keras_layers() -> tuple[type, type]:
+    """Custom layers, defined lazily so that importing this module does not import TensorFlow."""
+    import keras
+    import tensorflow as tf
+
+    class PRNCropToTeacherInput(keras.layers.Layer):
+        """RGB [0,1] 256 crop -> 3DDFA_V2's normalised BGR 120 input."""
+
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            x = tf.image.resize(x, (INPUT_SIZE, INPUT_SIZE), method="bilinear", antialias=False)
+            x = tf.reverse(x, axis=[-1])  # RGB -> BGR
+            return x * (255.0 / 128.0) - (127.5 / 128.0)
+
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return (input_shape[0], INPUT_SIZE, INPUT_SIZE, 3)
+
+    class UVDecoder(keras.layers.Layer):
+        """Normalised 62 params -> PRN position map (see the module docstring, steps 3-6)."""
+
+        def __init__(self, ub: UVBasis, p_mean: np.ndarray, p_std: np.ndarray, **kw: object) -> None:
+            super().__init__(**kw)
+            n = RES * RES
+            self._mean = tf.constant(ub.mean.reshape(1, n * 3), tf.float32)
+            self._basis = tf.constant(ub.basis.reshape(n * 3, -1).T.copy(), tf.float32)  # (50, 3n)
+            self._cov = tf.constant(ub.covered.reshape(1, n).astype(np.float32))
+            self._p_mean = tf.constant(p_mean.reshape(1, 62), tf.float32)
+            self._p_std = tf.constant(p_std.reshape(1, 62), tf.float32)
+            k = SCALE_120_TO_CROP
+            self._mul = tf.constant([[[k, -k, k]]], tf.float32)
+            self._add = tf.constant([[[-k, INPUT_SIZE * k, -k]]], tf.float32)
+
+        def call(self, params_norm: tf.Tensor) -> tf.Tensor:
+            n = RES * RES
+            p = params_norm * self._p_std + self._p_mean
+            cam = tf.reshape(p[:, :12], (-1, 3, 4))
+            verts = self._mean + tf.matmul(p[:, 12:], self._basis)  # (N, 3n) interleaved per pixel
+            verts = tf.reshape(verts, (-1, n, 3))
+            pts = tf.matmul(verts, cam[:, :, :3], transpose_b=True) + cam[:, None, :, 3]
+            pts = pts * self._mul + self._add  # similar_transform, x/y/z scaled to the 256 frame
+            z = pts[:, :, 2]
+            zmin = tf.reduce_min(z + (1.0 - self._cov) * 1e9, axis=1, keepdims=True)
+            pts = tf.concat([pts[:, :, :2], (z - zmin)[:, :, None]], axis=2)
+            pts = pts * self._cov[:, :, None]
+            return tf.reshape(pts, (-1, RES, RES, 3))
+
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return (input_shape[0], RES, RES, 3)
+
+    return PRNCropToTeacherInput, UVDecoder
+
+
+def build_mb05uv_model(data_root: str | os.PathLike | None = None) -> object:
+    """The PRN-compatible Keras model: N x 256 x 256 x 3 RGB [0,1] -> N x 256 x 256 x 3 position map."""
+    import keras
+
+    pre_cls, dec_cls = _keras_layers()
+    ub = load_uv_basis(data_root)
+    p_mean, p_std = load_param_stats(data_root)
+    inp = keras.Input((CROP, CROP, 3), name="image", dtype="float32")
+    x = pre_cls(name="to_teacher_input")(inp)
+    params = mb05_backbone(x, _load_sd(data_root))
+    pos = dec_cls(ub, p_mean, p_std, name="posmap")(params)
+    return keras.Model(inp, pos, name=NAME)
+
+
+__all__ = [
+    "NAME",
+    "build_mb05_model",
+    "build_mb05uv_model",
+    "camera",
+    "landmarks_from_posmap",
+    "params_to_posmap_np",
+    "similar_transform_crop",
+    "sparse_landmarks_crop",
+]
