@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .assets import load_assets
-from .crop import CropRegion, crop_faces, region_from_box, region_from_landmarks, restore_position_maps
+from .crop import (
+    CropRegion,
+    crop_faces,
+    region_from_box,
+    region_from_landmarks,
+    restore_position_maps,
+)
 from .detectors.base import Detection
 from .face import Face
 from .image import read_image, to_bgr

@@ -83,7 +83,11 @@ def keras_model(spec: WeightsSpec, data_root=None):
         from .network.mb05uv import build_mb05uv_model
         return build_mb05uv_model(data_root)
     if spec.kind == "checkpoint":
-        from .network.resfcn256 import CheckpointError, build_resfcn256, load_official_checkpoint
+        from .network.resfcn256 import (
+            CheckpointError,
+            build_resfcn256,
+            load_official_checkpoint,
+        )
         model = build_resfcn256()
         try:
             load_official_checkpoint(model, str(spec.path))

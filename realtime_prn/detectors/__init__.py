@@ -10,6 +10,8 @@ import importlib
 import inspect
 from typing import Any
 
+import numpy as np
+
 from realtime_prn.detectors.base import Detection, Detector
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "DetectorUnavailableError",
     "ModelMissingError",
     "available_detectors",
+    "check_frame",
     "create_detector",
 ]
 
@@ -32,6 +35,16 @@ class DetectorUnavailableError(RuntimeError):
 
 class ModelMissingError(DetectorUnavailableError):
     """A detector's model file is absent; detectors never download at run time."""
+
+
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """Frames are BGR uint8 H×W×3 at every detector boundary; say so rather than misdetect."""
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(
+            f"detectors take a BGR uint8 H×W×3 frame, got shape {frame.shape} dtype {frame.dtype}"
+        )
+    return frame
 
 
 # name -> (module, class). Strings keep the imports lazy.

@@ -22,13 +22,17 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
-from realtime_prn.detectors import DetectorUnavailableError, ModelMissingError
+from realtime_prn.detectors import (
+    DetectorUnavailableError,
+    ModelMissingError,
+    check_frame,
+)
 from realtime_prn.detectors.base import Detection
 from realtime_prn.paths import PROJECT_ROOT, engines_dir
 
@@ -103,7 +107,7 @@ def _fetch_tflite(dest: Path) -> None:
             "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
             "--disable-pip-version-check", "-q", "-d", tmp,
         ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         wheels = sorted(Path(tmp).glob("mediapipe-*.whl"))
         if proc.returncode != 0 or not wheels:
             raise DetectorUnavailableError(
@@ -130,7 +134,7 @@ def _convert(tflite: Path, onnx_out: Path) -> dict:
     env.setdefault("CUDA_VISIBLE_DEVICES", "")
     cmd = [sys.executable, "-m", "realtime_prn.detectors.blazeface", "--build-child",
            str(tflite), str(onnx_out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise DetectorUnavailableError(
             f"converting {tflite.name} to ONNX failed: {_last_line(proc.stderr)}"
@@ -357,20 +361,10 @@ def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[tuple[
             return [0]
         step = tile * (1.0 - overlap)
         n = int(np.ceil((length - tile) / step)) + 1
-        return [int(round(k * (length - tile) / (n - 1))) for k in range(n)]
+        return [round(k * (length - tile) / (n - 1)) for k in range(n)]
 
     side = min(tile, height, width)
     return [(x, y, side) for y in starts(height) for x in starts(width)]
-
-
-def check_frame(frame: np.ndarray) -> np.ndarray:
-    """Frames are BGR uint8 H×W×3 at every detector boundary; say so rather than misdetect."""
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(
-            f"detectors take a BGR uint8 H×W×3 frame, got shape {frame.shape} dtype {frame.dtype}"
-        )
-    return frame
 
 
 class BlazeFaceDetector:
@@ -429,7 +423,8 @@ class BlazeFaceDetector:
             self._session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]
             )
-        except Exception as exc:  # onnxruntime raises its own exception types
+        # onnxruntime's errors are private pybind classes deriving from Exception only.
+        except Exception as exc:  # noqa: BLE001
             raise DetectorUnavailableError(
                 f"cannot load BlazeFace model {path}: {_last_line(str(exc))}; "
                 "rebuild it with `python -m realtime_prn setup`"
@@ -486,7 +481,7 @@ class BlazeFaceDetector:
         if self.tiles:
             # Square tiles, a fraction of the longer side; tiling a frame already at or below
             # the model's resolution would only upsample, so it is skipped.
-            side = min(h, w, int(round(max(h, w) * self.tile_fraction)))
+            side = min(h, w, round(max(h, w) * self.tile_fraction))
             if side > INPUT_SIZE and side < max(h, w):
                 for tx, ty, ts in tile_grid(h, w, side, self.tile_overlap):
                     boxes, kps, scores = self._run_view(frame, tx, ty, ts, ts)

@@ -38,11 +38,11 @@ def write_pose(path, angles: np.ndarray, rotation: np.ndarray, translation: np.n
     def write(f):
         f.write("# pitch yaw roll (degrees; R = Rx(pitch) Ry(yaw) Rz(roll), image frame "
                 "x right, y down, z toward camera)\n")
-        f.write("%.4f %.4f %.4f\n" % tuple(angles))
+        f.write("{:.4f} {:.4f} {:.4f}\n".format(*tuple(angles)))
         f.write("# rotation (3x3)\n")
         np.savetxt(f, rotation, fmt="%.6f")
         f.write("# translation (pixels) and scale\n")
-        f.write("%.4f %.4f %.4f %.6f\n" % (*translation, scale))
+        f.write("{:.4f} {:.4f} {:.4f} {:.6f}\n".format(*translation, scale))
     return _atomic_text(path, write)
 
 

@@ -251,6 +251,7 @@ def load_uv_basis(data_root: str | os.PathLike | None = None, *, rebuild: bool =
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, mean=ub.mean, basis=ub.basis, covered=ub.covered, source_sha256=np.array(key))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

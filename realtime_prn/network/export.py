@@ -1,0 +1,147 @@
+"""Keras -> ONNX export, and the cached ``mb05uv_fp32.onnx`` engine source.
+
+Why: ONNX is the hand-off format for every runtime the project uses (ONNX Runtime on CPU,
+TensorRT on GPU), and engines are built, never committed. So the export is deterministic from the
+data and code, written atomically (a crash never leaves a half-written model that a later run
+would trust), and skipped when a json sidecar says the existing file came from the same sources.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from realtime_prn.paths import data_file, engines_dir
+
+OPSET = 17
+ONNX_NAME = "mb05uv_fp32.onnx"
+#: Bump when the export recipe changes, so that cached files are rebuilt.
+EXPORT_VERSION = "mb05uv-export/1"
+_CODE = ("mb05.py", "mb05uv.py", "uv_basis.py", "export.py")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def keras_to_onnx(model: object, path: str | os.PathLike, opset: int = OPSET,
+                  batch_dim: int | None = None) -> Path:
+    """Convert a Keras model with tf2onnx (``from_keras``); ``batch_dim=None`` keeps the batch axis dynamic."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = tuple(
+        tf.TensorSpec((batch_dim, *tuple(t.shape)[1:]), t.dtype, name=t.name.split(":")[0])
+        for t in model.inputs
+    )
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    path = Path(path)
+    _atomic_write(path, proto.SerializeToString())
+    return path
+
+
+def mb05uv_source_hashes(data_root: str | os.PathLike | None = None) -> dict[str, str]:
+    """sha256 of everything the mb05uv ONNX depends on: weights, stats, the UV basis inputs, code."""
+    from realtime_prn.network.uv_basis import source_hash
+
+    here = Path(__file__).resolve().parent
+    out = {
+        "export_version": hashlib.sha256(f"{EXPORT_VERSION} opset {OPSET}".encode()).hexdigest(),
+        "mb05_120x120.npz": _sha256_file(data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root)),
+        "param_mean_std_62d_120x120.pkl": _sha256_file(
+            data_file("train", "tddfa_v2", "param_mean_std_62d_120x120.pkl", override=data_root)
+        ),
+        "uv_basis": source_hash(data_root),
+    }
+    for name in _CODE:
+        out[f"code/{name}"] = _sha256_file(here / name)
+    return out
+
+
+def _combined(hashes: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+
+
+def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None = None) -> Path:
+    """``engines_dir()/mb05uv_fp32.onnx``, rebuilt only when missing, altered, or from other sources.
+
+    The sidecar ``mb05uv_fp32.onnx.json`` records the sha256 of each input, their combination
+    and the ONNX file's own sha256.
+    """
+    path = engines_dir() / ONNX_NAME
+    side = path.with_suffix(path.suffix + ".json")
+    hashes = mb05uv_source_hashes(data_root)
+    source = _combined(hashes)
+    if not force and path.exists() and side.exists():
+        try:
+            meta = json.loads(side.read_text())
+            if meta.get("source_sha256") == source and meta.get("onnx_sha256") == _sha256_file(path):
+                return path
+        except (OSError, ValueError):
+            pass  # unreadable sidecar: rebuild
+    import tensorflow as tf
+    import tf2onnx
+
+    from realtime_prn.network.mb05uv import NAME, build_mb05uv_model
+
+    t0 = time.perf_counter()
+    keras_to_onnx(build_mb05uv_model(data_root), path, opset=OPSET)
+    meta = {
+        "name": NAME,
+        "what": "3DDFA_V2 mb05 weights (MIT repo; trained on 300W-LP, non-commercial data) + dense UV "
+                "decoder; NOT the official PRN weights, NOT trained by this project",
+        "input": "N x 256 x 256 x 3 float32 RGB in [0,1] (PRN crop)",
+        "output": "N x 256 x 256 x 3 float32 position map in 256-crop pixels",
+        "opset": OPSET,
+        "source_sha256": source,
+        "inputs": hashes,
+        "onnx_sha256": _sha256_file(path),
+        "onnx_bytes": path.stat().st_size,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "tensorflow": tf.__version__,
+        "tf2onnx": tf2onnx.__version__,
+    }
+    _atomic_write(side, (json.dumps(meta, indent=1) + "\n").encode())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: build (or confirm) the cached mb05uv ONNX and print where it is."""
+    ap = argparse.ArgumentParser(description="Build engines/mb05uv_fp32.onnx from the staged teacher data.")
+    ap.add_argument("--force", action="store_true", help="rebuild even when the sidecar hash matches")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        path = build_mb05uv_onnx(force=args.force)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The mb05 port and the PRN-compatible mb05uv model, checked against published and measured figures.
+
+Why these bounds: ``tools/check_teacher_port.py`` on all 2000 AFLW2000-3D images reproduces
+3DDFA_V2's protocol exactly (NME 3.384, bin mean 3.808, as TEACHER.md measured with torch), and the
+first 100 sorted images give teacher 3.012 / mb05uv (PRN 1.6 crop) 3.113. A wrong convention costs
+far more than the margins used here (see the asserts), so they catch porting errors, not noise.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from realtime_prn.paths import DataNotFoundError  # noqa: E402
+
+
+def _data_or_skip() -> None:
+    try:
+        from realtime_prn.paths import data_file
+
+        data_file("train", "tddfa_v2", "mb05_120x120.npz")
+        data_file("prn", "uv_kpt_ind.txt")
+        data_file("eval", "aflw2000", "3ddfa_test_configs", "AFLW2000-3D.pts68.npy")
+    except DataNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def tool():  # noqa: ANN201 - the tool module
+    _data_or_skip()
+    import check_teacher_port
+
+    return check_teacher_port
+
+
+@pytest.fixture(scope="module")
+def uv():  # noqa: ANN201 - the cached UVBasis
+    _data_or_skip()
+    from realtime_prn.network.uv_basis import load_uv_basis
+
+    return load_uv_basis()
+
+
+@pytest.fixture(scope="module")
+def model():  # noqa: ANN201 - the Keras mb05uv model
+    _data_or_skip()
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.mb05uv import build_mb05uv_model
+
+    return build_mb05uv_model()
+
+
+def test_uv_basis_layout(uv) -> None:  # noqa: ANN001
+    """Shapes, dtypes and coverage as TEACHER.md section 2 describes (65,102 covered pixels)."""
+    from realtime_prn.network.uv_basis import face_ind
+
+    assert uv.mean.shape == (256, 256, 3) and uv.mean.dtype == np.float32
+    assert uv.basis.shape == (256, 256, 3, 50) and uv.basis.dtype == np.float32
+    assert uv.covered.shape == (256, 256) and uv.covered.dtype == bool
+    assert abs(int(uv.covered.sum()) - 65102) <= 50
+    assert uv.covered.reshape(-1)[face_ind()].all()
+    assert not uv.basis[~uv.covered].any()
+
+
+def test_dense_vs_sparse_random_params(tool) -> None:  # noqa: ANN001
+    """Map landmarks at uv_kpt_ind agree with the sparse-basis landmarks of the same params.
+
+    TEACHER.md measured mean 0.73 / p95 1.45 / max 3.3 px (256 crop) on real teacher params; this
+    run gives about 0.58 / 1.1 / 2.3 for random ones. Bounds: mean < 1.0, p95 < 2.0, max < 4.0.
+    """
+    s = tool.dense_vs_sparse(tool.random_params(np.random.default_rng(1), 40))
+    assert s["mean"] < 1.0 and s["p95"] < 2.0 and s["max"] < 4.0, s
+    assert s["dz_mean"] < 1.0, s
+
+
+def test_resize_matches_cv2() -> None:
+    """The graph's bilinear resize (half-pixel centres) equals cv2.resize INTER_LINEAR when shrinking."""
+    cv2 = pytest.importorskip("cv2")
+    tf = pytest.importorskip("tensorflow")
+    img = np.random.default_rng(0).random((256, 256, 3)).astype(np.float32) * 255
+    ref = cv2.resize(img, (120, 120), interpolation=cv2.INTER_LINEAR)
+    got = tf.image.resize(img[None], (120, 120), method="bilinear", antialias=False).numpy()[0]
+    assert np.abs(ref - got).max() < 0.01
+
+
+def test_decoder_matches_numpy(model, uv, tool) -> None:  # noqa: ANN001
+    """The TF decoder equals the float64 numpy reference on real crops (to 0.02 px)."""
+    import keras
+
+    from realtime_prn.network.mb05 import load_param_stats
+    from realtime_prn.network.mb05uv import params_to_posmap_np
+
+    files, pts, _ = tool.load_aflw(4)
+    import cv2
+
+    crops = np.stack([tool.prn_crop(cv2.imread(str(f)), tool.crop_matrix(*tool.crop_square(p, "prn1.6")))
+                      for f, p in zip(files, pts)])
+    head = keras.Model(model.inputs, model.get_layer("mb05_fc").output)
+    p_mean, p_std = load_param_stats()
+    params = head.predict(crops, verbose=0).astype(np.float64) * p_std + p_mean
+    ref = params_to_posmap_np(params, uv)
+    got = model.predict(crops, verbose=0)
+    assert got.shape == (4, 256, 256, 3) and got.dtype == np.float32
+    assert np.abs(got - ref).max() < 0.02
+    assert not got[:, ~uv.covered].any()
+    assert np.allclose(got[:, uv.covered, 2].min(axis=1), 0.0, atol=1e-3)
+
+
+def test_aflw_subset_nme(model, tool) -> None:  # noqa: ANN001
+    """First 100 sorted AFLW2000-3D images: teacher protocol and the 256 model (PRN 1.6 crop).
+
+    Measured: teacher 3.012, mb05uv 3.113 (full 2000: 3.384 and see tools/check_teacher_port.py).
+    The teacher bound is tight (deterministic port, only library float noise); the 256 bound allows
+    0.2 for resampling differences between TF/ONNX builds. Feeding RGB instead of BGR, or a
+    corner-aligned resize, costs well over that.
+    """
+    files, pts, yaw = tool.load_aflw(100)
+    per, _, _ = tool.teacher_protocol(files, pts)
+    assert abs(per.mean() - 3.012) < 0.03, per.mean()
+    res = tool.model_256(files, pts, ("prn1.6",), lambda x: model.predict(x, verbose=0))
+    assert res["prn1.6"].mean() < 3.3, res["prn1.6"].mean()
