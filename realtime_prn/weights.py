@@ -109,6 +109,9 @@ def onnx_model(spec: WeightsSpec, data_root=None, log=print) -> Path:
     data = Path(str(spec.path) + ".data-00000-of-00001")
     out = engines_dir() / f"resfcn256-{_digest(Path(str(spec.path) + '.index'), data)}.onnx"
     if not out.exists():
-        log(f"exporting {spec.path.name} to ONNX (once) ...")
-        keras_to_onnx(keras_model(spec, data_root), out)
+        from .network.resfcn256 import build_resfcn256, copy_to_deconv_as_conv
+        log(f"exporting {spec.path.name} to ONNX (once; transposed convs rewritten as convs) ...")
+        rewritten = build_resfcn256(deconv_as_conv=True)
+        copy_to_deconv_as_conv(keras_model(spec, data_root), rewritten)
+        keras_to_onnx(rewritten, out)
     return out

@@ -150,3 +150,21 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     data.write_bytes(data.read_bytes()[: 1000])
     with pytest.raises(R.CheckpointError):
         R.load_official_checkpoint(R.build_resfcn256(input_size=64), prefix)
+
+
+def test_deconv_as_conv_rewrite_is_exact():
+    rng = np.random.default_rng(3)
+    model = R.build_resfcn256(input_size=64)
+    for var in model.weights:
+        if "moving_variance" in var.path or "gamma" in var.path:
+            var.assign(rng.uniform(0.5, 1.5, var.shape).astype(np.float32))
+        else:
+            var.assign(rng.normal(0, 0.1, var.shape).astype(np.float32))
+    rewritten = R.build_resfcn256(input_size=64, deconv_as_conv=True)
+    R.copy_to_deconv_as_conv(model, rewritten)
+    assert not any(type(layer).__name__ == "Conv2DTranspose" for layer in rewritten.layers)
+    x = rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    a = model(x, training=False).numpy()
+    b = rewritten(x, training=False).numpy()
+    assert a.std() > 1.0
+    np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-4)

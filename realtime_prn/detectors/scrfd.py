@@ -45,7 +45,7 @@ def distance2bbox(points: np.ndarray, distance: np.ndarray) -> np.ndarray:
 
 def distance2kps(points: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Anchor centres plus per-keypoint (dx, dy) offsets -> N×K×2 keypoints."""
-    offsets = distance.reshape(distance.shape[0], -1, 2)
+    offsets = distance.reshape(distance.shape[0], distance.shape[1] // 2, 2)
     return offsets + points[:, None, :]
 
 

@@ -21,7 +21,7 @@ from realtime_prn.paths import data_file, engines_dir
 OPSET = 17
 ONNX_NAME = "mb05uv_fp32.onnx"
 #: Bump when the export recipe changes, so that cached files are rebuilt.
-EXPORT_VERSION = "mb05uv-export/1"
+EXPORT_VERSION = "mb05uv-export/2"
 _CODE = ("mb05.py", "mb05uv.py", "uv_basis.py", "export.py")
 
 
@@ -58,6 +58,11 @@ def keras_to_onnx(model: object, path: str | os.PathLike, opset: int = OPSET,
         for t in model.inputs
     )
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    if batch_dim is None:  # tf2onnx names the free axis 'unk__N'; a stable name helps TensorRT profiles
+        for value in (*proto.graph.input, *proto.graph.output):
+            dim = value.type.tensor_type.shape.dim
+            if len(dim) and not dim[0].dim_value:
+                dim[0].dim_param = "batch"
     path = Path(path)
     _atomic_write(path, proto.SerializeToString())
     return path

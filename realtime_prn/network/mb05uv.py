@@ -102,7 +102,7 @@ def _keras_layers() -> tuple[type, type]:
 
         def call(self, x: tf.Tensor) -> tf.Tensor:
             x = tf.image.resize(x, (INPUT_SIZE, INPUT_SIZE), method="bilinear", antialias=False)
-            x = tf.reverse(x, axis=[-1])  # RGB -> BGR
+            x = tf.gather(x, [2, 1, 0], axis=-1)  # RGB -> BGR (an ONNX Gather; TensorRT-safe)
             return x * (255.0 / 128.0) - (127.5 / 128.0)
 
         def compute_output_shape(self, input_shape: tuple) -> tuple:

@@ -30,8 +30,14 @@ def _k(scope: str) -> str:
     return scope.replace("/", "__")
 
 
-def build_resfcn256(input_size: int = 256):
-    """The Keras model: N×256×256×3 RGB in [0, 1] → N×256×256×3 position map in crop pixels."""
+def build_resfcn256(input_size: int = 256, deconv_as_conv: bool = False):
+    """The Keras model: N×256×256×3 RGB in [0, 1] → N×256×256×3 position map in crop pixels.
+
+    ``deconv_as_conv`` builds the same function with every transposed convolution rewritten
+    as plain convolutions (see :func:`_deconv_as_conv`); fill it with
+    :func:`copy_to_deconv_as_conv`. ONNX Runtime has no fast int8 ConvTranspose, so this is
+    the form that quantizes well on the CPU.
+    """
     import tensorflow as tf
     from tensorflow import keras
     L = keras.layers
@@ -45,8 +51,11 @@ def build_resfcn256(input_size: int = 256):
         return x
 
     def deconv(x, scope, filters, stride, activation):
-        x = L.Conv2DTranspose(filters, 4, stride, padding="same", use_bias=False,
-                              name=_k(scope))(x)
+        if deconv_as_conv:
+            x = _deconv_as_conv(L, x, scope, filters, stride)
+        else:
+            x = L.Conv2DTranspose(filters, 4, stride, padding="same", use_bias=False,
+                                  name=_k(scope))(x)
         x = L.BatchNormalization(epsilon=BN_EPS, name=_k(scope + "/BatchNorm"))(x)
         return L.Activation(activation)(x)
 
@@ -68,6 +77,50 @@ def build_resfcn256(input_size: int = 256):
         x = deconv(x, scope, n, stride, "sigmoid" if i == len(DECODER) - 1 else "relu")
     out = L.Rescaling(np.float32(MAX_POS), name="to_crop_pixels")(x)
     return tf.keras.Model(inp, out, name=NAME)
+
+
+# Output phase r of a stride-2, 4-tap 'SAME' transposed conv (pad 1) reads input offsets
+# (−1, 0) with taps (3, 1) when r = 0, and offsets (0, +1) with taps (2, 0) when r = 1.
+_PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
+_PHASE_PAD = {0: (1, 0), 1: (0, 1)}
+
+
+def _deconv_as_conv(L, x, scope, filters, stride):
+    """A 4×4 'SAME' transposed conv as convolutions, exactly.
+
+    Stride 1: a conv with the spatially flipped kernel and padding (2, 1) instead of (1, 2).
+    Stride 2: per output phase (ry, rx) a 2×2 conv at that phase's own input offset, then
+    depth-to-space interleaves the four phases — the same FLOPs, no inserted zeros.
+    """
+    import tensorflow as tf
+    if stride == 1:
+        y = L.ZeroPadding2D(((2, 1), (2, 1)))(x)
+        return L.Conv2D(filters, 4, 1, padding="valid", use_bias=False, name=_k(scope))(y)
+    phases = []
+    for ry in (0, 1):
+        for rx in (0, 1):
+            y = L.ZeroPadding2D((_PHASE_PAD[ry], _PHASE_PAD[rx]))(x)
+            phases.append(L.Conv2D(filters, 2, 1, padding="valid", use_bias=False,
+                                   name=_k(scope) + f"__p{ry}{rx}")(y))
+    y = L.Concatenate(axis=-1)(phases)
+    return L.Lambda(lambda t: tf.nn.depth_to_space(t, 2), name=_k(scope) + "__d2s")(y)
+
+
+def copy_to_deconv_as_conv(src, dst) -> None:
+    """Fill a ``deconv_as_conv`` model from a standard one (same weights, same function)."""
+    by_name = {layer.name: layer for layer in src.layers}
+    for layer in dst.layers:
+        name = layer.name
+        if name in by_name and type(by_name[name]).__name__ == "Conv2DTranspose":
+            w = by_name[name].get_weights()[0]           # [4, 4, out, in]
+            layer.set_weights([w[::-1, ::-1].transpose(0, 1, 3, 2)])
+        elif "__p" in name and name.rsplit("__p", 1)[0] in by_name:
+            w = by_name[name.rsplit("__p", 1)[0]].get_weights()[0]
+            ry, rx = int(name[-2]), int(name[-1])
+            taps = w[np.ix_(_PHASE_TAPS[ry], _PHASE_TAPS[rx])]  # [2, 2, out, in]
+            layer.set_weights([taps.transpose(0, 1, 3, 2)])
+        elif name in by_name and layer.weights:
+            layer.set_weights(by_name[name].get_weights())
 
 
 def official_variable_map(model) -> dict[str, object]:
