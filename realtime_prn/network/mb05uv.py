@@ -109,33 +109,51 @@ def _keras_layers() -> tuple[type, type]:
             return (input_shape[0], INPUT_SIZE, INPUT_SIZE, 3)
 
     class UVDecoder(keras.layers.Layer):
-        """Normalised 62 params -> PRN position map (see the module docstring, steps 3-6)."""
+        """Normalised 62 params -> PRN position map (see the module docstring, steps 3-6).
+
+        Layout for speed: the camera and similar_transform are folded into the coefficients, so the
+        whole map is one matmul ``(N, 3, 154) @ (154, 65536)`` against a constant whose rows are,
+        per axis d, [mean_d, basis_d (50)] and finally the covered mask (which carries the
+        offset, so uncovered pixels come out exactly 0 with no masking pass). The result is
+        channel-major, so every per-pixel op runs over contiguous memory; one transpose makes it NHWC.
+        z's min needs z first: a (N, 1, 154) product, 1/3 of the main one, whose min goes into the
+        z offset before the main product.
+        """
 
         def __init__(self, ub: UVBasis, p_mean: np.ndarray, p_std: np.ndarray, **kw: object) -> None:
             super().__init__(**kw)
             n = RES * RES
-            self._mean = tf.constant(ub.mean.reshape(1, n * 3), tf.float32)
-            self._basis = tf.constant(ub.basis.reshape(n * 3, -1).T.copy(), tf.float32)  # (50, 3n)
-            self._cov = tf.constant(ub.covered.reshape(1, n).astype(np.float32))
+            nb = ub.basis.shape[-1] + 1  # mean + components
+            mean = ub.mean.reshape(n, 3)
+            basis = ub.basis.reshape(n, 3, -1)
+            rows = np.zeros((3 * nb + 1, n), np.float32)
+            for d in range(3):
+                rows[d * nb] = mean[:, d]
+                rows[d * nb + 1:(d + 1) * nb] = basis[:, d, :].T
+            rows[-1] = ub.covered.reshape(n)
+            self._nb = nb
+            self._rows = tf.constant(rows)  # (154, n)
+            self._cov = tf.constant(ub.covered.reshape(1, 1, n).astype(np.float32))
+            self._zmask = tf.constant(((1.0 - ub.covered.reshape(1, 1, n)) * 1e9).astype(np.float32))
             self._p_mean = tf.constant(p_mean.reshape(1, 62), tf.float32)
             self._p_std = tf.constant(p_std.reshape(1, 62), tf.float32)
             k = SCALE_120_TO_CROP
-            self._mul = tf.constant([[[k, -k, k]]], tf.float32)
-            self._add = tf.constant([[[-k, INPUT_SIZE * k, -k]]], tf.float32)
+            # similar_transform in the 120 frame, scaled to 256: x' = k(x-1), y' = k(120-y), z' = k(z-1)
+            self._sign = tf.constant([[[k], [-k], [k]]], tf.float32)  # (1, 3, 1)
+            self._shift = tf.constant([[[-k], [INPUT_SIZE * k], [-k]]], tf.float32)
 
         def call(self, params_norm: tf.Tensor) -> tf.Tensor:
-            n = RES * RES
             p = params_norm * self._p_std + self._p_mean
             cam = tf.reshape(p[:, :12], (-1, 3, 4))
-            verts = self._mean + tf.matmul(p[:, 12:], self._basis)  # (N, 3n) interleaved per pixel
-            verts = tf.reshape(verts, (-1, n, 3))
-            pts = tf.matmul(verts, cam[:, :, :3], transpose_b=True) + cam[:, None, :, 3]
-            pts = pts * self._mul + self._add  # similar_transform, x/y/z scaled to the 256 frame
-            z = pts[:, :, 2]
-            zmin = tf.reduce_min(z + (1.0 - self._cov) * 1e9, axis=1, keepdims=True)
-            pts = tf.concat([pts[:, :, :2], (z - zmin)[:, :, None]], axis=2)
-            pts = pts * self._cov[:, :, None]
-            return tf.reshape(pts, (-1, RES, RES, 3))
+            a = cam[:, :, :3] * self._sign  # (N, 3, 3)
+            b = cam[:, :, 3:] * self._sign + self._shift  # (N, 3, 1)
+            alpha = tf.concat([tf.ones_like(p[:, :1]), p[:, 12:]], axis=1)  # (N, 51): [1, shp, exp]
+            coef = tf.reshape(a[:, :, :, None] * alpha[:, None, None, :], (-1, 3, 3 * self._nb))
+            pos = tf.matmul(tf.concat([coef, b], axis=2), self._rows)  # (N, 3, n)
+            z = pos[:, 2:]
+            zmin = tf.reduce_min(z + self._zmask, axis=2, keepdims=True)  # (N, 1, 1)
+            pos = tf.concat([pos[:, :2], z - zmin * self._cov], axis=1)  # uncovered z stays 0
+            return tf.reshape(tf.transpose(pos, (0, 2, 1)), (-1, RES, RES, 3))
 
         def compute_output_shape(self, input_shape: tuple) -> tuple:
             return (input_shape[0], RES, RES, 3)
