@@ -108,6 +108,8 @@ def _run_images(recon, images, out: Path, kinds: OutputKinds, overlay: bool, sta
         try:
             frame = read_image(path)
         except ImageError as exc:
+            if len(images) == 1:
+                raise
             print(f"warning: {exc}", file=sys.stderr)
             continue
         stats.inputs += 1

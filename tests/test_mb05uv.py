@@ -5,6 +5,7 @@ Why these bounds: ``tools/check_teacher_port.py`` on all 2000 AFLW2000-3D images
 first 100 sorted images give teacher 3.012 / mb05uv (PRN 1.6 crop) 3.113. A wrong convention costs
 far more than the margins used here (see the asserts), so they catch porting errors, not noise.
 """
+
 from __future__ import annotations
 
 import sys
@@ -99,8 +100,12 @@ def test_decoder_matches_numpy(model, uv, tool) -> None:  # noqa: ANN001
     files, pts, _ = tool.load_aflw(4)
     import cv2
 
-    crops = np.stack([tool.prn_crop(cv2.imread(str(f)), tool.crop_matrix(*tool.crop_square(p, "prn1.6")))
-                      for f, p in zip(files, pts)])
+    crops = np.stack(
+        [
+            tool.prn_crop(cv2.imread(str(f)), tool.crop_matrix(*tool.crop_square(p, "prn1.6")))
+            for f, p in zip(files, pts)
+        ]
+    )
     head = keras.Model(model.inputs, model.get_layer("mb05_fc").output)
     p_mean, p_std = load_param_stats()
     params = head.predict(crops, verbose=0).astype(np.float64) * p_std + p_mean

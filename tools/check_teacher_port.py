@@ -18,6 +18,7 @@ NME = mean 2D error / sqrt(w*h) of the GT 68-point box, in %. Yaw bins use abs(y
 AFLW2000-3D.pose.npy: [0,30], (30,60], (60, inf): the 7 wrapped yaws (> 90 deg) fall in the last bin,
 as in 3DDFA's protocol.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ BIN_EDGES = (30.0, 60.0)
 # --------------------------------------------------------------------------- data
 
 
-def load_aflw(limit: int | None = None, data_root: str | None = None) -> tuple[list[Path], np.ndarray, np.ndarray]:
+def load_aflw(
+    limit: int | None = None, data_root: str | None = None
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """Sorted image paths, pts68 (n, 3, 68) and yaw in degrees (n,), the 3DDFA test-config order."""
     cfg = data_file("eval", "aflw2000", "3ddfa_test_configs", override=data_root)
     files = sorted(cfg.parent.glob("image*.jpg"))
@@ -67,14 +70,21 @@ def yaw_bins(yaw: np.ndarray) -> list[np.ndarray]:
 def summarise(per_image: np.ndarray, yaw: np.ndarray) -> dict[str, float]:
     """All-image NME, each bin's NME and the mean of the bins (NaN for an empty bin)."""
     bins = [float(per_image[m].mean()) if m.any() else float("nan") for m in yaw_bins(yaw)]
-    return {"all": float(per_image.mean()), "b0": bins[0], "b1": bins[1], "b2": bins[2],
-            "bin_mean": float(np.nanmean(bins))}
+    return {
+        "all": float(per_image.mean()),
+        "b0": bins[0],
+        "b1": bins[1],
+        "b2": bins[2],
+        "bin_mean": float(np.nanmean(bins)),
+    }
 
 
 # --------------------------------------------------------------------------- (a) teacher
 
 
-def teacher_protocol(files: list[Path], pts: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray, list]:
+def teacher_protocol(
+    files: list[Path], pts: np.ndarray, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray, list]:
     """3DDFA_V2's own pipeline on GT-landmark ROIs: per-image NME, the 62 de-normalised params, ROIs."""
     import cv2
 
@@ -93,7 +103,9 @@ def teacher_protocol(files: list[Path], pts: np.ndarray, batch: int = 64) -> tup
         img = cv2.imread(str(f))
         roi = roi_box_from_landmarks(p)
         rois.append(roi)
-        inputs.append(normalise_bgr(cv2.resize(crop_img(img, roi), (120, 120), interpolation=cv2.INTER_LINEAR)))
+        inputs.append(
+            normalise_bgr(cv2.resize(crop_img(img, roi), (120, 120), interpolation=cv2.INTER_LINEAR))
+        )
     out = model.predict(np.stack(inputs), batch_size=batch, verbose=0)
     params = out.astype(np.float64) * p_std + p_mean
     lms = teacher_landmarks(params, rois)
@@ -170,8 +182,9 @@ def make_runner(onnx_path: Path | None, threads: int) -> tuple[object, str]:
     return (lambda x: sess.run(None, {name: x})[0]), f"onnx:{onnx_path.name}"
 
 
-def model_256(files: list[Path], pts: np.ndarray, rules: tuple[str, ...], runner: object,
-              chunk: int = 50) -> dict[str, np.ndarray]:
+def model_256(
+    files: list[Path], pts: np.ndarray, rules: tuple[str, ...], runner: object, chunk: int = 50
+) -> dict[str, np.ndarray]:
     """Per-image NME for each crop rule, running the position-map model like PRNet api.py."""
     import cv2
 
@@ -181,12 +194,12 @@ def model_256(files: list[Path], pts: np.ndarray, rules: tuple[str, ...], runner
     ind = uv_kpt_ind()
     out = {r: np.zeros(len(files)) for r in rules}
     for s in range(0, len(files), chunk):
-        imgs = [cv2.imread(str(f)) for f in files[s:s + chunk]]
+        imgs = [cv2.imread(str(f)) for f in files[s : s + chunk]]
         for rule in rules:
-            ms = [crop_matrix(*crop_square(p, rule)) for p in pts[s:s + chunk]]
+            ms = [crop_matrix(*crop_square(p, rule)) for p in pts[s : s + chunk]]
             pos = runner(np.stack([prn_crop(im, m) for im, m in zip(imgs, ms)]))
             lm = np.stack([uncrop(landmarks_from_posmap(pos[i], ind), ms[i]) for i in range(len(ms))])
-            out[rule][s:s + len(ms)] = nme(lm[:, :, :2], pts[s:s + chunk])
+            out[rule][s : s + len(ms)] = nme(lm[:, :, :2], pts[s : s + chunk])
     return out
 
 
@@ -206,7 +219,14 @@ def random_params(rng: np.random.Generator, n: int, scale: float = 5.8e-4) -> np
     out = np.zeros((n, 62))
     for i in range(n):
         yaw, pitch, roll = np.radians(rng.uniform([-80, -25, -25], [80, 25, 25]))
-        cy, sy, cp, spi, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+        cy, sy, cp, spi, cr, sr = (
+            np.cos(yaw),
+            np.sin(yaw),
+            np.cos(pitch),
+            np.sin(pitch),
+            np.cos(roll),
+            np.sin(roll),
+        )
         rx = np.array([[1, 0, 0], [0, cp, -spi], [0, spi, cp]])
         ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
@@ -229,7 +249,7 @@ def dense_vs_sparse(params: np.ndarray, chunk: int = 32) -> dict[str, float]:
     ub, sp, ind = load_uv_basis(), load_sparse68(), uv_kpt_ind()
     err, dz, worst = [], [], []
     for s in range(0, len(params), chunk):
-        p = params[s:s + chunk]
+        p = params[s : s + chunk]
         pos = params_to_posmap_np(p, ub)
         dense = landmarks_from_posmap(pos, ind)  # (n, 68, 3)
         sparse = sparse_landmarks_crop(p, sp.u_base, sp.w_shp, sp.w_exp)
@@ -241,8 +261,15 @@ def dense_vs_sparse(params: np.ndarray, chunk: int = 32) -> dict[str, float]:
         dz.append(np.abs(dense[..., 2] - sparse[..., 2]))
         worst.append(e.mean(axis=1))
     e, z, w = np.concatenate(err), np.concatenate(dz), np.concatenate(worst)
-    return {"mean": float(e.mean()), "median": float(np.median(e)), "p95": float(np.percentile(e, 95)),
-            "max": float(e.max()), "worst_mean": float(w.max()), "dz_mean": float(z.mean()), "dz_max": float(z.max())}
+    return {
+        "mean": float(e.mean()),
+        "median": float(np.median(e)),
+        "p95": float(np.percentile(e, 95)),
+        "max": float(e.max()),
+        "worst_mean": float(w.max()),
+        "dz_mean": float(z.mean()),
+        "dz_max": float(z.max()),
+    }
 
 
 def _unshifted_zmin(p: np.ndarray, ub: object) -> float:
@@ -263,9 +290,15 @@ def _row(name: str, s: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--limit", type=int, default=None, help="first N images in sorted order (default: all 2000)")
-    ap.add_argument("--rules", default=",".join(RULES), help=f"crop rules for (b), comma-separated: {','.join(RULES)}")
-    ap.add_argument("--onnx", type=Path, default=None, help="run (b) with this ONNX file instead of the TF model")
+    ap.add_argument(
+        "--limit", type=int, default=None, help="first N images in sorted order (default: all 2000)"
+    )
+    ap.add_argument(
+        "--rules", default=",".join(RULES), help=f"crop rules for (b), comma-separated: {','.join(RULES)}"
+    )
+    ap.add_argument(
+        "--onnx", type=Path, default=None, help="run (b) with this ONNX file instead of the TF model"
+    )
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--random", type=int, default=200, help="random parameter sets for (c)")
     ap.add_argument("--skip", default="", help="sections to skip, e.g. 'b' or 'b,c'")
@@ -285,13 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n_bins = [int(m.sum()) for m in yaw_bins(yaw)]
-    print(f"AFLW2000-3D: {len(files)} images; |yaw| bins [0,30] {n_bins[0]}, (30,60] {n_bins[1]}, "
-          f">60 {n_bins[2]} (incl. {int((np.abs(yaw) > 90).sum())} wrapped > 90)")
+    print(
+        f"AFLW2000-3D: {len(files)} images; |yaw| bins [0,30] {n_bins[0]}, (30,60] {n_bins[1]}, "
+        f">60 {n_bins[2]} (incl. {int((np.abs(yaw) > 90).sum())} wrapped > 90)"
+    )
     print(f"{'NME %':<34} {'all':>7} {'0-30':>7} {'30-60':>7} {'60-90+':>7} {'bin mean':>9}")
 
     t = time.perf_counter()
     per, params, _ = teacher_protocol(files, pts)
-    print(_row("(a) teacher protocol (mb05, 120)", summarise(per, yaw)) + f"   [{time.perf_counter() - t:.0f} s]")
+    print(
+        _row("(a) teacher protocol (mb05, 120)", summarise(per, yaw))
+        + f"   [{time.perf_counter() - t:.0f} s]"
+    )
 
     if "b" not in skip:
         runner, label = make_runner(args.onnx, args.threads)
@@ -304,13 +342,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if "c" not in skip:
         rng = np.random.default_rng(0)
-        print("(c) dense map at uv_kpt_ind vs sparse-basis landmarks, 256-crop px "
-              "(2D: mean/median/p95/max, worst face mean; |dz| mean/max)")
-        for name, p in (("random params", random_params(rng, args.random)),
-                        ("teacher params on these images", params)):
+        print(
+            "(c) dense map at uv_kpt_ind vs sparse-basis landmarks, 256-crop px "
+            "(2D: mean/median/p95/max, worst face mean; |dz| mean/max)"
+        )
+        for name, p in (
+            ("random params", random_params(rng, args.random)),
+            ("teacher params on these images", params),
+        ):
             s = dense_vs_sparse(p)
-            print(f"    {name:<32} n={len(p):<5} {s['mean']:.3f} / {s['median']:.3f} / {s['p95']:.2f} / "
-                  f"{s['max']:.2f}, worst {s['worst_mean']:.2f}; dz {s['dz_mean']:.2f} / {s['dz_max']:.2f}")
+            print(
+                f"    {name:<32} n={len(p):<5} {s['mean']:.3f} / {s['median']:.3f} / {s['p95']:.2f} / "
+                f"{s['max']:.2f}, worst {s['worst_mean']:.2f}; dz {s['dz_mean']:.2f} / {s['dz_max']:.2f}"
+            )
     return 0
 
 

@@ -109,7 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=None,
                    help="AFLW2000-3D folder, or a data root holding eval/aflw2000 "
                         "(default: $REALTIME_PRN_DATA or ../shared, via realtime_prn.paths)")
-    p.add_argument("--out", default=None, help="output folder (default out/eval/<engine>-<weights>-<precision>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default out/eval/<engine>-<weights>-<precision>)")
     p.add_argument("--batch", type=int, default=1,
                    help="images per engine call (default 1: per-image latency; >1 is faster overall)")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
@@ -359,7 +360,8 @@ def table(results: dict, label: str) -> str:
             f"| **{label}, {crop} crop** (n={a['n']}) | {_f(a['all'], 3)} | "
             + " | ".join(_f(v, 3) for v in a["bins"])
             + f" | {_f(a['bin_mean'], 3)} | {_f(b['all'], 3)} | {_f(b['bin_mean'], 3)} | {_f(p['yaw'])} "
-            f"| {_f(p['pitch'])} | {_f(p['roll'])} | {_f(p['mean'])} | {miss} | {r['timing_ms']['median']:.1f} |")
+            f"| {_f(p['pitch'])} | {_f(p['roll'])} | {_f(p['mean'])} | {miss} "
+            f"| {r['timing_ms']['median']:.1f} |")
     for an in ANCHORS:
         bins = an.get("bins", [None] * 3)
         rows.append(f"| {an['name']} | {_a(an.get('all'))} | " + " | ".join(_a(v) for v in bins)
@@ -418,11 +420,12 @@ def plot_ced(path: Path, results: dict, label: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
-    for crop, r in results.items():
+    for colour, (crop, r) in zip(("tab:blue", "tab:orange"), results.items()):
         c = r["ced"]
         x = 100 * np.asarray(c["nme"])
-        ax.plot(x, c["nme2d"], label=f"{crop} crop, 2D (all {_f(r['nme2d']['all'], 2)}%)")
-        ax.plot(x, c["nme3d"], "--", label=f"{crop} crop, 3D (all {_f(r['nme3d']['all'], 2)}%)")
+        ax.plot(x, c["nme2d"], color=colour, label=f"{crop} crop, 2D (all {_f(r['nme2d']['all'], 2)}%)")
+        ax.plot(x, c["nme3d"], "--", color=colour,
+                label=f"{crop} crop, 3D (all {_f(r['nme3d']['all'], 2)}%)")
     ax.set_xlabel("NME (%)")
     ax.set_ylabel("fraction of images")
     ax.set_xlim(0, 10)

@@ -5,6 +5,7 @@ TensorRT on GPU), and engines are built, never committed. So the export is deter
 data and code, written atomically (a crash never leaves a half-written model that a later run
 would trust), and skipped when a json sidecar says the existing file came from the same sources.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def keras_to_onnx(model: object, path: str | os.PathLike, opset: int = OPSET,
-                  batch_dim: int | None = None) -> Path:
-    """Convert a Keras model with tf2onnx (``from_keras``); ``batch_dim=None`` keeps the batch axis dynamic."""
+def keras_to_onnx(
+    model: object, path: str | os.PathLike, opset: int = OPSET, batch_dim: int | None = None
+) -> Path:
+    """Convert a Keras model with tf2onnx ``from_keras``; ``batch_dim=None`` keeps the batch axis dynamic."""
     import tensorflow as tf
     import tf2onnx
 
@@ -75,7 +77,9 @@ def mb05uv_source_hashes(data_root: str | os.PathLike | None = None) -> dict[str
     here = Path(__file__).resolve().parent
     out = {
         "export_version": hashlib.sha256(f"{EXPORT_VERSION} opset {OPSET}".encode()).hexdigest(),
-        "mb05_120x120.npz": _sha256_file(data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root)),
+        "mb05_120x120.npz": _sha256_file(
+            data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root)
+        ),
         "param_mean_std_62d_120x120.pkl": _sha256_file(
             data_file("train", "tddfa_v2", "param_mean_std_62d_120x120.pkl", override=data_root)
         ),
@@ -117,7 +121,7 @@ def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None =
     meta = {
         "name": NAME,
         "what": "3DDFA_V2 mb05 weights (MIT repo; trained on 300W-LP, non-commercial data) + dense UV "
-                "decoder; NOT the official PRN weights, NOT trained by this project",
+        "decoder; NOT the official PRN weights, NOT trained by this project",
         "input": "N x 256 x 256 x 3 float32 RGB in [0,1] (PRN crop)",
         "output": "N x 256 x 256 x 3 float32 position map in 256-crop pixels",
         "opset": OPSET,

@@ -10,6 +10,7 @@ convolution, because TF's ``'same'`` pads stride-2 layers asymmetrically.
 Input: N x 120 x 120 x 3 BGR, normalised as (x - 127.5) / 128 (3DDFA_V2 never swaps to RGB).
 Output: N x 62 normalised params; de-normalise with :func:`load_param_stats` as out * std + mean.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,15 @@ def _bn_weights(sd: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return [sd[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
 
 
-def mb05_backbone(x: object, sd: dict[str, np.ndarray], name: str = "mb05") -> object:
-    """Apply the MobileNetV1-0.5 layers to Keras tensor ``x`` (N,120,120,3) -> (N,62); weights set."""
+def mb05_backbone(
+    x: object, sd: dict[str, np.ndarray], name: str = "mb05", rgb_input: bool = False
+) -> object:
+    """Apply the MobileNetV1-0.5 layers to Keras tensor ``x`` (N,120,120,3) -> (N,62); weights set.
+
+    ``rgb_input`` reverses conv1's input channels so the layers take normalised RGB instead of the
+    BGR the weights were trained on. That is exact (a channel permutation commutes with resizing,
+    normalisation and zero padding) and saves a per-pixel gather in the exported graph.
+    """
     import keras
     from keras import layers
 
@@ -80,7 +88,9 @@ def mb05_backbone(x: object, sd: dict[str, np.ndarray], name: str = "mb05") -> o
         bn.set_weights(_bn_weights(sd, prefix))
         return layers.ReLU(name=f"{lname}_relu")(t)
 
-    w = sd["conv1.weight"]  # OIHW
+    w = sd["conv1.weight"]  # OIHW, input channels in BGR order
+    if rgb_input:
+        w = w[:, ::-1]
     conv = layers.Conv2D(w.shape[0], 3, strides=2, padding="valid", use_bias=False, name=f"{name}_conv1")
     x = pad_conv(x, conv)
     conv.set_weights([w.transpose(2, 3, 1, 0)])  # -> HWIO
@@ -89,7 +99,9 @@ def mb05_backbone(x: object, sd: dict[str, np.ndarray], name: str = "mb05") -> o
         cin, cout = int(cin * WIDEN), int(cout * WIDEN)
         wd = sd[f"{blk}.conv_dw.weight"]  # (C, 1, 3, 3)
         assert wd.shape == (cin, 1, 3, 3), (blk, wd.shape)
-        dw = layers.DepthwiseConv2D(3, strides=stride, padding="valid", use_bias=False, name=f"{name}_{blk}_dw")
+        dw = layers.DepthwiseConv2D(
+            3, strides=stride, padding="valid", use_bias=False, name=f"{name}_{blk}_dw"
+        )
         x = pad_conv(x, dw)
         dw.set_weights([wd.transpose(2, 3, 0, 1)])  # -> (3, 3, C, 1)
         x = bn_relu(x, f"{blk}.bn_dw", f"{name}_{blk}_bn_dw")

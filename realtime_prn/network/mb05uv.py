@@ -13,7 +13,8 @@ Graph (all inside one Keras model, tf2onnx-friendly at opset 17):
 
 1. input N x 256 x 256 x 3 float32 RGB in [0, 1] (PRN's crop);
 2. bilinear resize to 120x120 with half-pixel centres (what ``cv2.resize`` INTER_LINEAR does when
-   shrinking; no antialiasing), RGB -> BGR, x255, (x - 127.5) / 128;
+   shrinking; no antialiasing), x255, (x - 127.5) / 128; RGB -> BGR is folded into conv1's
+   weights (the teacher was trained on BGR);
 3. the mb05 backbone -> 62 params, de-normalised (out * std + mean);
 4. dense BFM points = mean + basis @ [alpha_shp; alpha_exp] on every UV pixel;
 5. the 3x4 camera, then 3DDFA_V2's ``similar_transform`` in the 120 frame (x -= 1, z -= 1,
@@ -23,6 +24,7 @@ Graph (all inside one Keras model, tf2onnx-friendly at opset 17):
 The output is PRN's convention: N x 256 x 256 x 3 position map in 256-crop pixels, z toward the
 camera, so ``api.py``-style code maps it back with the inverse crop transform.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,8 +81,9 @@ def params_to_posmap_np(params: np.ndarray, ub: UVBasis) -> np.ndarray:
     return pos.astype(np.float32)
 
 
-def sparse_landmarks_crop(params: np.ndarray, u_base: np.ndarray, w_shp: np.ndarray,
-                          w_exp: np.ndarray) -> np.ndarray:
+def sparse_landmarks_crop(
+    params: np.ndarray, u_base: np.ndarray, w_shp: np.ndarray, w_exp: np.ndarray
+) -> np.ndarray:
     """The teacher's own 68 landmarks for de-normalised params, in 256-crop pixels (no z shift)."""
     p = np.asarray(params, np.float64).reshape(-1, 62)
     v = u_base + np.einsum("kcj,nj->nkc", w_shp, p[:, 12:52]) + np.einsum("kcj,nj->nkc", w_exp, p[:, 52:])
@@ -98,11 +101,10 @@ def _keras_layers() -> tuple[type, type]:
     import tensorflow as tf
 
     class PRNCropToTeacherInput(keras.layers.Layer):
-        """RGB [0,1] 256 crop -> 3DDFA_V2's normalised BGR 120 input."""
+        """RGB [0,1] 256 crop -> 3DDFA_V2's normalised 120 input (still RGB: conv1 is permuted)."""
 
         def call(self, x: tf.Tensor) -> tf.Tensor:
             x = tf.image.resize(x, (INPUT_SIZE, INPUT_SIZE), method="bilinear", antialias=False)
-            x = tf.gather(x, [2, 1, 0], axis=-1)  # RGB -> BGR (an ONNX Gather; TensorRT-safe)
             return x * (255.0 / 128.0) - (127.5 / 128.0)
 
         def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -129,7 +131,7 @@ def _keras_layers() -> tuple[type, type]:
             rows = np.zeros((3 * nb + 1, n), np.float32)
             for d in range(3):
                 rows[d * nb] = mean[:, d]
-                rows[d * nb + 1:(d + 1) * nb] = basis[:, d, :].T
+                rows[d * nb + 1 : (d + 1) * nb] = basis[:, d, :].T
             rows[-1] = ub.covered.reshape(n)
             self._nb = nb
             self._rows = tf.constant(rows)  # (154, n)
@@ -170,7 +172,7 @@ def build_mb05uv_model(data_root: str | os.PathLike | None = None) -> object:
     p_mean, p_std = load_param_stats(data_root)
     inp = keras.Input((CROP, CROP, 3), name="image", dtype="float32")
     x = pre_cls(name="to_teacher_input")(inp)
-    params = mb05_backbone(x, _load_sd(data_root))
+    params = mb05_backbone(x, _load_sd(data_root), rgb_input=True)
     pos = dec_cls(ub, p_mean, p_std, name="posmap")(params)
     return keras.Model(inp, pos, name=NAME)
 

@@ -21,6 +21,7 @@ is a point and ``basis[v, u, :, k]`` its displacement per unit of parameter k (0
 40..49 expression). The result is cached in ``engines_dir()/uv_basis.npz`` keyed by the sha256 of
 the input files and of :data:`BUILD_VERSION`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -183,7 +184,9 @@ def build_uv_basis(data_root: str | os.PathLike | None = None) -> UVBasis:
     resid = np.linalg.norm(canon - (CANON_SCALE * mean[fi] + offset), axis=1)
     info["canonical_offset"] = offset.tolist()
     info["canonical_resid_px"] = {
-        "median": float(np.median(resid)), "p95": float(np.percentile(resid, 95)), "max": float(resid.max())
+        "median": float(np.median(resid)),
+        "p95": float(np.percentile(resid, 95)),
+        "max": float(resid.max()),
     }
     mean[fi] = (canon - offset) / CANON_SCALE
 
@@ -207,15 +210,17 @@ def build_uv_basis(data_root: str | os.PathLike | None = None) -> UVBasis:
     # Expression: thin-plate spline through the 68 keypoint vertices' UV, zero on top/bottom rows.
     sp = load_sparse68(data_root)
     kpt_xy = vert_px[sp.vertex]
-    top_bottom = ((cov_xy[:, 1] < EXP_ZERO_TOP_Y) | (cov_xy[:, 1] > EXP_ZERO_BOTTOM_Y)) & (
-        cov_xy[:, 0] % 8 == 0
-    ) & (cov_xy[:, 1] % 4 == 0)
+    top_bottom = (
+        ((cov_xy[:, 1] < EXP_ZERO_TOP_Y) | (cov_xy[:, 1] > EXP_ZERO_BOTTOM_Y))
+        & (cov_xy[:, 0] % 8 == 0)
+        & (cov_xy[:, 1] % 4 == 0)
+    )
     zero_xy = cov_xy[top_bottom]
     info["exp_zero_controls"] = len(zero_xy)
     ctrl_xy = np.concatenate([kpt_xy, zero_xy])
-    ctrl_val = np.concatenate(
-        [sp.w_exp.reshape(68, -1), np.zeros((len(zero_xy), 3 * N_EXP))]
-    ).astype(np.float64)
+    ctrl_val = np.concatenate([sp.w_exp.reshape(68, -1), np.zeros((len(zero_xy), 3 * N_EXP))]).astype(
+        np.float64
+    )
     rbf = RBFInterpolator(ctrl_xy, ctrl_val, kernel="thin_plate_spline", degree=1, smoothing=0.0)
     exp_cov = rbf(cov_xy).reshape(-1, 3, N_EXP)
     info["exp_fit_max_err"] = float(np.abs(rbf(kpt_xy) - sp.w_exp.reshape(68, -1)).max())
@@ -261,8 +266,10 @@ def load_uv_basis(data_root: str | os.PathLike | None = None, *, rebuild: bool =
 
 def sparse_vertices(sp: Sparse68, alpha: np.ndarray) -> np.ndarray:
     """68 BFM-frame landmarks for alpha (..., 50) -> (..., 68, 3), the teacher's own reconstruction."""
-    return sp.u_base + np.einsum("vcj,...j->...vc", sp.w_shp, alpha[..., :N_SHP]) + np.einsum(
-        "vcj,...j->...vc", sp.w_exp, alpha[..., N_SHP:]
+    return (
+        sp.u_base
+        + np.einsum("vcj,...j->...vc", sp.w_shp, alpha[..., :N_SHP])
+        + np.einsum("vcj,...j->...vc", sp.w_exp, alpha[..., N_SHP:])
     )
 
 

@@ -105,9 +105,12 @@ class OpenCVSource:
             self.name = path.name
         self.cap = cv2.VideoCapture(target)
         if not self.cap.isOpened():
-            what = "camera" if isinstance(target, int) else "stream" if self.live else "video"
-            raise VideoError(f"cannot open {what} {spec!s} "
-                             f"({'not connected or busy' if isinstance(target, int) else 'unreachable, corrupt or unsupported codec'})")
+            if isinstance(target, int):
+                what, why = "camera", "not connected or busy"
+            else:
+                what = "stream" if self.live else "video"
+                why = "unreachable, corrupt or unsupported codec"
+            raise VideoError(f"cannot open {what} {spec!s} ({why})")
         if width:
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         if height:

@@ -1,0 +1,518 @@
+"""The real-time pipeline, stage by stage:
+
+    capture ─► detect/track ─► crop ─► engine ─► geometry ─► outputs / render
+    (thread)    (FaceTracker)    (FaceReconstructor.reconstruct_detections)
+                                                  pose (all vertices), depth (numba, when a
+                                                  depth view is on), optional smoothing
+                                                             annotated mp4, JSONL, .obj/.npz,
+                                                             3D view, live window
+
+Three threads, each owning one kind of work so that they overlap on a 2-core machine:
+the capture thread decodes (``capture.py``), the *inference* thread runs
+detect/track → crop → engine → geometry (:meth:`Pipeline.process`), and the calling thread
+runs the outputs (:class:`Outputs`), which also owns the OpenGL context and the window —
+OpenGL contexts and GUI toolkits want one thread. ``overlap=False`` runs inference and
+outputs in the calling thread, one frame at a time (simpler to time, no result queue).
+
+Every way of stopping — end of stream, the source failing, Ctrl-C, 'q' in the window, an
+exception — goes through one ``finally`` that stops the capture thread, joins the inference
+thread, flushes the records and closes the video, then prints one line saying why it stopped.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..detectors.base import Detection
+from ..errors import VideoError
+from ..outputs import OutputKinds, write_face
+from ..render.overlay import draw_face, draw_text
+from .capture import Capture, EndOfStream, Frame, Source, open_source
+from .records import JsonlWriter
+from .smoothing import FaceSmoother
+from .tracking import FaceTracker, landmark_box
+
+STAGES = ("decode", "detect", "crop", "engine", "restore", "smooth", "pose", "depth",
+          "render", "view3d", "encode", "records")
+
+
+@dataclass
+class PipelineConfig:
+    """What to run and what to write. ``source``: camera index, file, URL, folder or a
+    :class:`Source`. ``output``: folder for ``<stem>_annotated.mp4`` and ``<stem>.jsonl``
+    (nothing written when None). ``per_frame``: per-face files for every processed frame."""
+
+    source: str | int | os.PathLike | Source = 0
+    output: str | os.PathLike | None = None
+    stem: str | None = None
+    detect_every: int = 10
+    smooth: bool = False
+    display: bool = False
+    view3d: bool = False
+    view3d_mode: str = "beside"        # beside | over
+    view3d_angle: float = 0.0
+    depth_view: bool = False
+    annotated_video: bool = True       # when output is set
+    records: bool = True               # when output is set
+    per_frame: OutputKinds | None = None
+    max_frames: int | None = None
+    every: int = 1
+    progress: bool = True
+    overlap: bool = True
+    landmarks: bool = True
+    axes: bool = True
+    boxes: bool = True
+    mesh: bool = False
+    readout: bool = True
+    stall_timeout: float = 20.0
+    max_faces: int = 0
+    tracker_options: dict = field(default_factory=dict)
+    smoother_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class FrameResult:
+    """What the inference thread hands to the outputs for one frame."""
+
+    frame: Frame
+    faces: list
+    detected: bool
+    timings: dict[str, float]
+    depth: np.ndarray | None = None
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    faces: int = 0
+    elapsed_s: float = 0.0
+    mean_fps: float = 0.0
+    median_fps: float = 0.0
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    end_reason: str = ""
+    error: bool = False
+    interrupted: bool = False
+    dropped: int = 0
+    detector_runs: int = 0
+    files: list[str] = field(default_factory=list)
+    per_frame_files: int = 0
+
+    def line(self) -> str:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items())
+        drop = f", {self.dropped} stale frame(s) dropped" if self.dropped else ""
+        return (f"{self.frames} frame(s), {self.faces} face(s) in {self.elapsed_s:.1f} s: "
+                f"{self.mean_fps:.1f} fps mean, {self.median_fps:.1f} fps median{drop}; "
+                f"median ms per frame: {stages}")
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _Stop(Exception):
+    """Raised inside the loop to leave it through the common shutdown path."""
+
+
+def parse_per_frame(spec: str | None) -> OutputKinds | None:
+    """``"obj,npz"`` → OutputKinds; unknown names are a one-line ValueError."""
+    if not spec:
+        return None
+    from ..outputs import KINDS
+    names = [s.strip().lower().replace("-", "_") for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in KINDS]
+    if bad:
+        raise ValueError(f"unknown per-frame output(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+    return OutputKinds(**{n: True for n in names})
+
+
+class Outputs:
+    """The last stage: JSONL records, per-frame files, the 2D/3D render, the video, the window.
+
+    Runs in the thread that created it (the GL context lives there).
+    """
+
+    def __init__(self, cfg: PipelineConfig, stem: str, fps: float, live: bool, log: Callable):
+        self.cfg = cfg
+        self.log = log
+        self.live = live
+        self.fps = fps / max(cfg.every, 1)
+        self.out = Path(cfg.output) if cfg.output is not None else None
+        self.stem = stem
+        self.flags = {"landmarks": cfg.landmarks, "axes": cfg.axes, "boxes": cfg.boxes,
+                      "mesh": cfg.mesh, "view3d": cfg.view3d, "smooth": cfg.smooth,
+                      "view3d_mode": cfg.view3d_mode, "paused": False, "quit": False}
+        self.records: JsonlWriter | None = None
+        self.writer = None
+        self.video_path: Path | None = None
+        self.window = None
+        self.renderer = None
+        self.per_frame_files = 0
+        self._readout = ""
+        # Window and GL first: they are what can fail (one line, View3DUnavailable), and a
+        # failure must not leave an empty records file behind.
+        if cfg.display:
+            from ..render.view3d import LiveWindow
+            self.window = LiveWindow(title=f"realtime-prn: {stem}", flags=self.flags)
+        if cfg.view3d:
+            from ..render.view3d import MeshRenderer
+            self.renderer = MeshRenderer((640, 480), view_angle=cfg.view3d_angle,
+                                         canvas=None if self.window is None else self.window.canvas)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if cfg.records:
+                self.records = JsonlWriter(self.out / f"{stem}.jsonl")
+
+    @property
+    def wants_image(self) -> bool:
+        return self.window is not None or (self.out is not None and self.cfg.annotated_video)
+
+    def set_readout(self, text: str) -> None:
+        self._readout = text
+
+    def write(self, res: FrameResult) -> dict[str, float]:
+        t: dict[str, float] = {}
+        frame = res.frame
+        t0 = time.perf_counter()
+        if self.records is not None:
+            extra = {"detected": res.detected}
+            if self.live:
+                extra["latency_ms"] = round((time.perf_counter() - frame.captured_at) * 1000, 1)
+            self.records.write(frame.index, frame.timestamp, res.faces, **extra)
+        if self.cfg.per_frame is not None and self.out is not None and self.cfg.per_frame.any():
+            for face in res.faces:
+                fid = face.track_id if face.track_id is not None else 0
+                written = write_face(face, self.out / f"{self.stem}_{frame.index:06d}_{fid}",
+                                     self.cfg.per_frame)
+                self.per_frame_files += len(written)
+        t["records"] = time.perf_counter() - t0
+        if not self.wants_image:
+            return t
+        t0 = time.perf_counter()
+        img = frame.image.copy()  # faces sample colours from the raw frame: draw on a copy
+        for face in res.faces:
+            draw_face(img, face, landmarks=self.flags["landmarks"], axes=self.flags["axes"],
+                      box=self.flags["boxes"], mesh_points=self.flags["mesh"])
+        if self.cfg.readout:
+            draw_text(img, [self._readout] if self._readout else [])
+        panels = [img]
+        t["render"] = time.perf_counter() - t0
+        if self.renderer is not None:
+            t0 = time.perf_counter()
+            from ..render.view3d import compose
+            if self.flags["view3d"]:
+                view = self.renderer.render(res.faces, frame.image.shape)
+                mode = self.flags.get("view3d_mode", "beside")
+                panels = [compose(img, view, "over")] if mode == "over" else [img, view]
+            elif self.cfg.view3d_mode == "beside":
+                # keep the video size constant while the 3D view is toggled off
+                panels.append(np.zeros_like(img))
+            t["view3d"] = time.perf_counter() - t0
+        if res.depth is not None:
+            panels.append(_depth_panel(res.depth))
+        composed = panels[0] if len(panels) == 1 else np.hstack(panels)
+        t0 = time.perf_counter()
+        if self.out is not None and self.cfg.annotated_video:
+            if self.writer is None:
+                self._open_writer(composed.shape)
+            self.writer.write(composed)
+        if self.window is not None:
+            self.window.show(composed)
+            self.window.process_events()
+        t["encode"] = time.perf_counter() - t0
+        return t
+
+    def _open_writer(self, shape) -> None:
+        import cv2
+        h, w = shape[:2]
+        self.video_path = self.out / f"{self.stem}_annotated.mp4"
+        part = self.video_path.with_suffix(".part.mp4")
+        self.writer = cv2.VideoWriter(str(part), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+        if not self.writer.isOpened():
+            raise VideoError(f"cannot write video {part} (no mp4v encoder?)")
+
+    def pump(self) -> None:
+        """Keep the window responsive while nothing new is shown (paused, waiting)."""
+        if self.window is not None:
+            self.window.process_events()
+
+    def close(self) -> list[str]:
+        files = []
+        if self.records is not None:
+            self.records.close()
+            files.append(str(self.records.path))
+        if self.writer is not None:
+            self.writer.release()
+            self.video_path.with_suffix(".part.mp4").replace(self.video_path)
+            files.append(str(self.video_path))
+        if self.renderer is not None:
+            self.renderer.close()
+        if self.window is not None:
+            self.window.close()
+        return files
+
+
+def _depth_panel(depth: np.ndarray) -> np.ndarray:
+    """z-buffer → a colour image (near = warm), black where there is no face."""
+    import cv2
+    on = depth != 0
+    out = np.zeros((*depth.shape, 3), np.uint8)
+    if on.any():
+        z = depth[on]
+        lo, hi = float(z.min()), float(z.max())
+        norm = np.zeros(depth.shape, np.uint8)
+        norm[on] = np.clip((depth[on] - lo) / max(hi - lo, 1e-6) * 230 + 25, 0, 255).astype(np.uint8)
+        out = cv2.applyColorMap(norm, cv2.COLORMAP_INFERNO)
+        out[~on] = 0
+    return out
+
+
+class Pipeline:
+    """Wires the stages for one source; :meth:`run` processes it to the end and returns a
+    :class:`RunSummary`. ``recon`` is a :class:`FaceReconstructor` (its engine and detector)."""
+
+    def __init__(self, recon, config: PipelineConfig, log: Callable[[str], None] | None = None):
+        self.recon = recon
+        self.cfg = config
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.tracker = FaceTracker(recon.detector, detect_every=config.detect_every,
+                                   max_faces=config.max_faces or recon.options.max_faces,
+                                   **config.tracker_options)
+        self.smoother = FaceSmoother(**config.smoother_options)
+        self.flags: dict = {"smooth": config.smooth}
+        self.timings: dict[str, list[float]] = {k: [] for k in STAGES}
+        self._stop = threading.Event()
+
+    # -- the stages before the outputs, for one frame ---------------------------------------------
+    def process(self, frame: Frame) -> FrameResult:
+        """detect/track → crop → engine → restore → (smooth) → geometry, for one frame."""
+        t: dict[str, float] = {"decode": frame.decode_s}
+        t0 = time.perf_counter()
+        dets: list[Detection] = self.tracker.detect(frame.image)
+        t["detect"] = time.perf_counter() - t0
+
+        faces = self.recon.reconstruct_detections(frame.image, dets)   # crop, engine, restore
+        for k in ("crop", "engine", "restore"):
+            t[k] = self.recon.timings.get(k, 0.0)
+
+        self.tracker.update(faces, frame.image.shape)  # raw landmarks → next frame's crop
+        for face in faces:
+            if face.detection is not None and not self.tracker.detected_last:
+                # Between detections the box shown/recorded is the face's own landmark box.
+                face.detection.box = landmark_box(face.landmarks)
+        faces = [f for f in faces if f.detection is None or "lost" not in f.detection.extra]
+
+        t0 = time.perf_counter()
+        if self.flags.get("smooth"):
+            faces = self.smoother(faces, frame.timestamp)
+        t["smooth"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        for face in faces:
+            face.pose  # noqa: B018 — all 43,867 vertices, computed here so it is timed here
+        t["pose"] = time.perf_counter() - t0
+
+        depth = None
+        t0 = time.perf_counter()
+        if self.cfg.depth_view:
+            from ..geometry.depth import depth_image
+            h, w = frame.image.shape[:2]
+            zbuf = np.full((h, w), -np.inf, np.float32)
+            for face in faces:
+                depth = depth_image(face.vertices, face.triangles, h, w, depth=zbuf)
+            if depth is None:
+                depth = np.zeros((h, w), np.float32)
+        t["depth"] = time.perf_counter() - t0
+        return FrameResult(frame, faces, self.tracker.detected_last, t, depth)
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        cfg = self.cfg
+        source = cfg.source if hasattr(cfg.source, "read") else open_source(cfg.source)
+        stem = cfg.stem or _stem_of(cfg.source, source)
+        capture = Capture(source, max_frames=cfg.max_frames)
+        try:
+            outputs = Outputs(cfg, stem, source.fps, capture.live, self.log)
+        except BaseException:
+            source.release()
+            raise
+        self.flags = outputs.flags
+        summary = RunSummary()
+        results: queue.Queue = queue.Queue(maxsize=2)
+        worker_error: list[BaseException] = []
+        worker = None
+        bar = None
+        out_times: list[float] = []
+        end: EndOfStream | None = None
+        t_start = time.perf_counter()
+        try:
+            capture.start()
+            total = capture.frame_count if not capture.live else None
+            if cfg.progress:
+                from tqdm import tqdm
+                bar = tqdm(total=(total // max(cfg.every, 1)) if total else None, desc=stem,
+                           unit="frame", file=sys.stderr, dynamic_ncols=True)
+            if cfg.overlap:
+                worker = threading.Thread(target=self._infer_loop,
+                                          args=(capture, results, worker_error),
+                                          name="inference", daemon=True)
+                worker.start()
+                next_result = lambda: self._next_from(results, outputs)  # noqa: E731
+            else:
+                next_result = lambda: self._next_inline(capture)  # noqa: E731
+            while True:
+                item = next_result()
+                if isinstance(item, EndOfStream):
+                    end = item
+                    break
+                t_out = outputs.write(item)
+                item.timings.update(t_out)
+                self._account(item, summary)
+                out_times.append(time.perf_counter())
+                outputs.set_readout(self._readout(out_times, item, capture))
+                if bar is not None:
+                    bar.update(1)
+                    if len(out_times) % 10 == 0:
+                        bar.set_postfix_str(f"{_fps(out_times):.1f} fps", refresh=False)
+                if outputs.flags.get("quit"):
+                    raise _Stop("quit from the window")
+                while outputs.flags.get("paused") and not outputs.flags.get("quit"):
+                    outputs.pump()
+                    time.sleep(0.02)
+        except _Stop as stop:
+            summary.end_reason = str(stop)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            summary.end_reason = "interrupted (Ctrl-C)"
+        finally:
+            self._stop.set()
+            capture.stop()
+            if worker is not None:
+                _drain(results)
+                worker.join(10)
+                _drain(results)
+            if bar is not None:
+                bar.close()
+            summary.files = outputs.close()
+            summary.per_frame_files = outputs.per_frame_files
+        if worker_error:
+            raise worker_error[0]
+        if end is not None:
+            summary.end_reason = end.reason
+            summary.error = end.error
+        self._finish(summary, out_times, t_start, capture)
+        msg = summary.end_reason
+        if summary.error:
+            msg = f"stopped: {msg}; records up to frame {summary.frames - 1} were kept"
+        elif summary.interrupted:
+            msg = f"interrupted after {summary.frames} frame(s); records flushed"
+        self.log(msg)
+        return summary
+
+    def _infer_loop(self, capture: Capture, results: queue.Queue, errors: list) -> None:
+        """The inference thread: frames in order → FrameResults; ends with an EndOfStream."""
+        try:
+            while not self._stop.is_set():
+                item = self._next_inline(capture)
+                if not self._put(results, item):
+                    return
+                if isinstance(item, EndOfStream):
+                    return
+        except BaseException as exc:  # a bug or engine failure: hand it to the caller
+            errors.append(exc)
+            self._put(results, EndOfStream(f"inference failed: {exc}", error=True))
+
+    def _next_inline(self, capture: Capture) -> FrameResult | EndOfStream:
+        while True:
+            item = capture.get(timeout=self.cfg.stall_timeout)
+            if isinstance(item, EndOfStream):
+                return item
+            if item.index % max(self.cfg.every, 1):
+                continue
+            return self.process(item)
+
+    def _put(self, results: queue.Queue, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                results.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next_from(self, results: queue.Queue, outputs: Outputs):
+        while True:
+            try:
+                return results.get(timeout=0.02)
+            except queue.Empty:
+                outputs.pump()
+                if outputs.flags.get("quit"):
+                    raise _Stop("quit from the window") from None
+
+    def _account(self, res: FrameResult, summary: RunSummary) -> None:
+        summary.frames += 1
+        summary.faces += len(res.faces)
+        for k, v in res.timings.items():
+            if k in self.timings:
+                self.timings[k].append(v)
+
+    def _readout(self, out_times: list[float], res: FrameResult, capture: Capture) -> str:
+        t = res.timings
+        ms = lambda k: t.get(k, 0.0) * 1000  # noqa: E731
+        text = (f"{_fps(out_times):4.1f} fps  faces {len(res.faces)}  det {ms('detect'):.0f}  "
+                f"crop {ms('crop'):.0f}  eng {ms('engine'):.0f}  pose {ms('pose'):.0f}  "
+                f"rnd {ms('render') + ms('view3d'):.0f} ms")
+        if capture.live:
+            text += f"  lat {(time.perf_counter() - res.frame.captured_at) * 1000:.0f} ms"
+        return text
+
+    def _finish(self, summary: RunSummary, out_times: list[float], t_start: float,
+                capture: Capture) -> None:
+        summary.elapsed_s = time.perf_counter() - t_start
+        if len(out_times) >= 2:
+            span = out_times[-1] - out_times[0]
+            summary.mean_fps = (len(out_times) - 1) / span if span > 0 else 0.0
+            summary.median_fps = 1.0 / max(statistics.median(np.diff(out_times)), 1e-9)
+        summary.stage_ms = {k: statistics.median(v) * 1000 for k, v in self.timings.items() if v}
+        summary.dropped = capture.dropped
+        summary.detector_runs = self.tracker.detector_runs
+
+
+def _fps(out_times: list[float], window: int = 30) -> float:
+    if len(out_times) < 2:
+        return 0.0
+    recent = out_times[-window:]
+    span = recent[-1] - recent[0]
+    return (len(recent) - 1) / span if span > 0 else 0.0
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _stem_of(spec, source: Source) -> str:
+    if hasattr(spec, "read"):
+        return getattr(source, "name", "source").replace(" ", "_")
+    s = str(spec)
+    if s.isdigit():
+        return f"camera{s}"
+    if "://" in s:
+        return "stream"
+    p = Path(s)
+    return p.stem if p.is_file() else (p.name or "frames")
+
+
+def run_pipeline(recon, log: Callable[[str], None] | None = None, **config) -> RunSummary:
+    """One call: ``run_pipeline(recon, source='video.mp4', output='out', smooth=True)``."""
+    return Pipeline(recon, PipelineConfig(**config), log=log).run()
