@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from .mesh import _atomic_text, write_png
 
@@ -20,6 +19,8 @@ def write_npz(path, **arrays) -> Path:
 
 
 def write_mat(path, **arrays) -> Path:
+    import scipy.io  # 0.4 s to import: only when a .mat is asked for
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.mat")

@@ -65,6 +65,7 @@ class Source(Protocol):
     name: str
     live: bool
     fps: float
+    stem: str  # a file-name stem for outputs: "camera0", "stream", the video's stem
     frame_count: int  # 0 when unknown (live)
 
     def read(self) -> np.ndarray | None: ...
@@ -78,6 +79,19 @@ def is_live_spec(spec: str | int | os.PathLike) -> bool:
         return True
     s = str(spec)
     return s.isdigit() or s.lower().startswith(URL_SCHEMES)
+
+
+def _quiet_open(target: str | int) -> cv2.VideoCapture:
+    """Open without OpenCV's multi-line backend warnings: a failure is reported in one line."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    old = log.getLogLevel() if log is not None else None
+    if log is not None:
+        log.setLogLevel(log.LOG_LEVEL_ERROR)
+    try:
+        return cv2.VideoCapture(target)
+    finally:
+        if log is not None:
+            log.setLogLevel(old)
 
 
 class OpenCVSource:
@@ -94,16 +108,19 @@ class OpenCVSource:
         if isinstance(spec, int) or str(spec).isdigit():
             target: str | int = int(spec)
             self.name = f"camera {target}"
+            self.stem = f"camera{target}"
         elif str(spec).lower().startswith(URL_SCHEMES):
             target = str(spec)
             self.name = target
+            self.stem = "stream"
         else:
             path = Path(spec)
             if not path.is_file():
                 raise VideoError(f"video not found: {path}")
             target = str(path)
             self.name = path.name
-        self.cap = cv2.VideoCapture(target)
+            self.stem = path.stem
+        self.cap = _quiet_open(target)
         if not self.cap.isOpened():
             if isinstance(target, int):
                 what, why = "camera", "not connected or busy"
@@ -161,6 +178,7 @@ class FolderSource:
         if not self.paths:
             raise VideoError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
         self.name = folder.name or str(folder)
+        self.stem = self.name
         self.fps = fps
         self.frame_count = len(self.paths)
         self._i = 0

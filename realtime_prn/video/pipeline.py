@@ -502,15 +502,10 @@ def _drain(q: queue.Queue) -> None:
 
 
 def _stem_of(spec, source: Source) -> str:
-    if hasattr(spec, "read"):
-        return getattr(source, "name", "source").replace(" ", "_")
-    s = str(spec)
-    if s.isdigit():
-        return f"camera{s}"
-    if "://" in s:
-        return "stream"
-    p = Path(s)
-    return p.stem if p.is_file() else (p.name or "frames")
+    stem = getattr(source, "stem", None)
+    if stem:
+        return str(stem)
+    return str(getattr(source, "name", "source")).replace(" ", "_").replace("/", "_")
 
 
 def run_pipeline(recon, log: Callable[[str], None] | None = None, **config) -> RunSummary:
