@@ -30,6 +30,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detector", default="blazeface",
                    help="blazeface (default), haar, scrfd (needs --detector-model), dlib")
     g.add_argument("--detector-model", default=None, help="a detector model file (SCRFD .onnx)")
+    g.add_argument("--tiles", action="store_true",
+                   help="blazeface: also search overlapping tiles (group photos with small faces)")
     g.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces (0 = all)")
     g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     g.add_argument("--data", default=None, help="shared data folder (env REALTIME_PRN_DATA)")
@@ -38,6 +40,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def options_from_args(args):
     from .api import Options
     det_opts = {"model_path": args.detector_model} if args.detector_model else {}
+    if getattr(args, "tiles", False):
+        det_opts["tiles"] = True
     return Options(engine=args.engine, weights=args.weights, precision=args.precision,
                    detector=args.detector, detector_options=det_opts, max_faces=args.max_faces,
                    threads=args.threads, data_root=args.data)

@@ -25,7 +25,7 @@ def setup(data_root=None) -> int:
     from .network.export import build_mb05uv_onnx
 
     t0 = time.perf_counter()
-    print(f"detector: {setup_detectors()}")
+    setup_detectors()
     print(f"model:    {build_mb05uv_onnx(data_root=data_root)}")
     warm_numba()
     print(f"numba kernels compiled; setup took {time.perf_counter() - t0:.0f} s")

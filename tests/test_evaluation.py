@@ -170,10 +170,12 @@ def test_box_iou():
 
 # --------------------------------------------------------------------------- real model
 
-# Measured on the full run (tools/evaluate_aflw2000.py, all 2000, GT crop, default mb05uv fp32):
-# per-image absolute error of to_aflw_angles(ours) vs Pose_Para on the images picked below
-# (|yaw| 15-60, |pitch|, |roll| < 25). 95th percentile per angle on that subset: see README.
-ANGLE_TOL = 12.0
+# From the full run (all 2000, GT crop, default mb05uv fp32): on the 621 images with GT
+# |yaw| 15-60 and |pitch|, |roll| < 25 (the kind picked below), the per-image error of
+# to_aflw_angles(ours) vs Pose_Para has 99th percentiles of 15.9 / 14.6 / 11.3 deg
+# (pitch / yaw / roll; medians 3.1 / 2.7 / 1.6, 95th 10.2 / 10.2 / 6.6). The 8 images picked
+# here reach 8.7 deg; 16 deg flags a real regression, not one unlucky image.
+ANGLE_TOL = 16.0
 
 
 @pytest.fixture(scope="module")
@@ -212,18 +214,19 @@ def test_to_aflw_angles_on_real_images(aflw, recon):
     err = ev.angle_error(mapped, theirs)
     assert err.max() < ANGLE_TOL, (mapped.round(1), theirs.round(1))
     assert (np.sign(mapped[:, 1]) == np.sign(theirs[:, 1])).all()
-    # the unmapped angles are wrong by about 2·|yaw| (> 30 deg here): the flip is needed
-    assert (ev.angle_error(ours[:, 1], theirs[:, 1]) > 20).all()
+    # unmapped, yaw is wrong by about 2·|yaw| (> 19.5 deg on all 621 such images): the flip is needed
+    assert (ev.angle_error(ours[:, 1], theirs[:, 1]) > 15).all()
 
 
 def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
-    """The tool on the first 20 images. Bounds: the full run gives 2D NME ≈ 3.3-3.5 % (GT crop)
-    and the first 20 give 2.9 %; PRN's paper reports 3.27 %. A wrong crop, landmark order or
-    frame would give > 10 %, so < 5 % separates working from broken with a wide margin.
-    Pose < 8 deg likewise (the 20 give about 3 deg; a wrong sign convention gives > 15)."""
+    """The tool on the first 20 images. Bounds: the full run gives 2D NME 3.48 % (GT crop) and
+    3.66 % (detector), the first 20 give 2.93 % / 3.19 %; PRN's paper reports 3.27 %. A wrong crop,
+    landmark order or frame lands far above 10 %, so < 5 % separates working from broken with a
+    wide margin. Pose: the 20 give 2.9 deg (GT crop); without the yaw flip of to_aflw_angles they
+    give 17.9, so < 8 catches a convention slip."""
     out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, str(TOOL), "--limit", "20", "--data", str(aflw), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    cmd = [sys.executable, str(TOOL), "--limit", "20", "--data", str(aflw), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     for crop in ("gt", "detector"):

@@ -1,15 +1,19 @@
 """The mb05 port and the PRN-compatible mb05uv model, checked against published and measured figures.
 
 Why these bounds: ``tools/check_teacher_port.py`` on all 2000 AFLW2000-3D images reproduces
-3DDFA_V2's protocol exactly (NME 3.384, bin mean 3.808, as TEACHER.md measured with torch), and the
-first 100 sorted images give teacher 3.012 / mb05uv (PRN 1.6 crop) 3.113. A wrong convention costs
-far more than the margins used here (see the asserts), so they catch porting errors, not noise.
+3DDFA_V2's protocol to the printed digit (NME 3.384, bin mean 3.808, as TEACHER.md measured with
+torch); the first 100 sorted images give teacher 3.0116 and mb05uv (PRN 1.6 crop) 3.1129.
+NME is a weak detector of convention slips (feeding RGB to the teacher moves it by only +0.009, and a
+1 px shift of the crop even lowers it, because the teacher is biased by about -1.2/-1.7 px against
+the MATLAB-indexed GT), so conventions are pinned by the exact tests (channel fold, decoder vs
+numpy, dense vs sparse) and the NME bounds guard the port as a whole.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from realtime_prn.network.uv_basis import UVBasis  # noqa: E402
 from realtime_prn.paths import DataNotFoundError  # noqa: E402
 
 
@@ -33,7 +38,7 @@ def _data_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def tool():  # noqa: ANN201 - the tool module
+def tool() -> ModuleType:
     _data_or_skip()
     import check_teacher_port
 
@@ -41,7 +46,7 @@ def tool():  # noqa: ANN201 - the tool module
 
 
 @pytest.fixture(scope="module")
-def uv():  # noqa: ANN201 - the cached UVBasis
+def uv() -> UVBasis:
     _data_or_skip()
     from realtime_prn.network.uv_basis import load_uv_basis
 
@@ -49,7 +54,7 @@ def uv():  # noqa: ANN201 - the cached UVBasis
 
 
 @pytest.fixture(scope="module")
-def model():  # noqa: ANN201 - the Keras mb05uv model
+def model() -> object:
     _data_or_skip()
     pytest.importorskip("tensorflow")
     from realtime_prn.network.mb05uv import build_mb05uv_model
@@ -57,7 +62,7 @@ def model():  # noqa: ANN201 - the Keras mb05uv model
     return build_mb05uv_model()
 
 
-def test_uv_basis_layout(uv) -> None:  # noqa: ANN001
+def test_uv_basis_layout(uv: UVBasis) -> None:
     """Shapes, dtypes and coverage as TEACHER.md section 2 describes (65,102 covered pixels)."""
     from realtime_prn.network.uv_basis import face_ind
 
@@ -69,7 +74,7 @@ def test_uv_basis_layout(uv) -> None:  # noqa: ANN001
     assert not uv.basis[~uv.covered].any()
 
 
-def test_dense_vs_sparse_random_params(tool) -> None:  # noqa: ANN001
+def test_dense_vs_sparse_random_params(tool: ModuleType) -> None:
     """Map landmarks at uv_kpt_ind agree with the sparse-basis landmarks of the same params.
 
     TEACHER.md measured mean 0.73 / p95 1.45 / max 3.3 px (256 crop) on real teacher params; this
@@ -90,7 +95,22 @@ def test_resize_matches_cv2() -> None:
     assert np.abs(ref - got).max() < 0.01
 
 
-def test_decoder_matches_numpy(model, uv, tool) -> None:  # noqa: ANN001
+def test_rgb_fold_exact() -> None:
+    """mb05uv feeds RGB to a conv1 with reversed input channels; that must equal the BGR teacher."""
+    _data_or_skip()
+    keras = pytest.importorskip("keras")
+    from realtime_prn.network.mb05 import build_mb05_model, load_state_dict, mb05_backbone
+
+    bgr = build_mb05_model()
+    inp = keras.Input((120, 120, 3))
+    rgb = keras.Model(inp, mb05_backbone(inp, load_state_dict(), name="rgb", rgb_input=True))
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 120, 120, 3)).astype(np.float32)
+    a = bgr.predict(x, verbose=0)
+    b = rgb.predict(x[..., ::-1].copy(), verbose=0)
+    assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_decoder_matches_numpy(model: object, uv: UVBasis, tool: ModuleType) -> None:
     """The TF decoder equals the float64 numpy reference on real crops (to 0.02 px)."""
     import keras
 
@@ -117,16 +137,16 @@ def test_decoder_matches_numpy(model, uv, tool) -> None:  # noqa: ANN001
     assert np.allclose(got[:, uv.covered, 2].min(axis=1), 0.0, atol=1e-3)
 
 
-def test_aflw_subset_nme(model, tool) -> None:  # noqa: ANN001
+def test_aflw_subset_nme(model: object, tool: ModuleType) -> None:
     """First 100 sorted AFLW2000-3D images: teacher protocol and the 256 model (PRN 1.6 crop).
 
-    Measured: teacher 3.012, mb05uv 3.113 (full 2000: 3.384 and see tools/check_teacher_port.py).
-    The teacher bound is tight (deterministic port, only library float noise); the 256 bound allows
-    0.2 for resampling differences between TF/ONNX builds. Feeding RGB instead of BGR, or a
-    corner-aligned resize, costs well over that.
+    Measured: teacher 3.0116, mb05uv 3.1129 (all 2000: 3.384 and 3.480). The teacher bound is
+    tight because the port is deterministic (float noise moves it by ~1e-5; RGB input would move it
+    by +0.009). The 256 bound leaves 0.09 for resampling differences between builds (cv2 / TF / ORT)
+    while a broken decoder (scale, flip, wrong basis) costs whole NME points.
     """
-    files, pts, yaw = tool.load_aflw(100)
+    files, pts, _ = tool.load_aflw(100)
     per, _, _ = tool.teacher_protocol(files, pts)
-    assert abs(per.mean() - 3.012) < 0.03, per.mean()
+    assert abs(per.mean() - 3.0116) < 0.005, per.mean()
     res = tool.model_256(files, pts, ("prn1.6",), lambda x: model.predict(x, verbose=0))
-    assert res["prn1.6"].mean() < 3.3, res["prn1.6"].mean()
+    assert res["prn1.6"].mean() < 3.2, res["prn1.6"].mean()

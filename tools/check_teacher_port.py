@@ -240,8 +240,10 @@ def random_params(rng: np.random.Generator, n: int, scale: float = 5.8e-4) -> np
 def dense_vs_sparse(params: np.ndarray, chunk: int = 32) -> dict[str, float]:
     """Map landmarks (uv_kpt_ind) vs sparse-basis landmarks of the same params, in 256-crop pixels."""
     from realtime_prn.network.mb05uv import (
+        camera,
         landmarks_from_posmap,
         params_to_posmap_np,
+        similar_transform_crop,
         sparse_landmarks_crop,
     )
     from realtime_prn.network.uv_basis import load_sparse68, load_uv_basis, uv_kpt_ind
@@ -254,8 +256,12 @@ def dense_vs_sparse(params: np.ndarray, chunk: int = 32) -> dict[str, float]:
         dense = landmarks_from_posmap(pos, ind)  # (n, 68, 3)
         sparse = sparse_landmarks_crop(p, sp.u_base, sp.w_shp, sp.w_exp)
         # the map's z is shifted so its covered min is 0: apply the same shift to the sparse points
-        zmin = np.stack([_unshifted_zmin(pi, ub) for pi in p])
-        sparse[..., 2] -= zmin[:, None]
+        # (recovered from the unshifted z of the dense points at the landmark pixels)
+        kb = ub.basis[ind[1], ind[0]]  # (68, 3, 50)
+        raw = similar_transform_crop(
+            camera(p, ub.mean[ind[1], ind[0]] + np.einsum("kcj,nj->nkc", kb, p[:, 12:]))
+        )
+        sparse[..., 2] -= (raw[..., 2] - dense[..., 2]).mean(axis=1, keepdims=True)
         e = np.linalg.norm(dense[..., :2] - sparse[..., :2], axis=-1)
         err.append(e)
         dz.append(np.abs(dense[..., 2] - sparse[..., 2]))
@@ -270,15 +276,6 @@ def dense_vs_sparse(params: np.ndarray, chunk: int = 32) -> dict[str, float]:
         "dz_mean": float(z.mean()),
         "dz_max": float(z.max()),
     }
-
-
-def _unshifted_zmin(p: np.ndarray, ub: object) -> float:
-    """Min z over covered pixels before the shift (the amount params_to_posmap_np subtracted)."""
-    from realtime_prn.network.mb05uv import camera, similar_transform_crop
-    from realtime_prn.network.uv_basis import dense_vertices
-
-    z = similar_transform_crop(camera(p[None], dense_vertices(ub, p[None, 12:])))[0, ..., 2]
-    return float(z[ub.covered].min())
 
 
 # --------------------------------------------------------------------------- main

@@ -90,6 +90,7 @@ class Run:
     angles: np.ndarray    # n×3 our (pitch, yaw, roll)
     ms: np.ndarray        # n: wall time per image (decode excluded)
     iou: np.ndarray | None = None
+    n_faces: np.ndarray | None = None  # detector crop: faces found per image
 
 
 # --------------------------------------------------------------------------- arguments
@@ -135,6 +136,17 @@ def weights_label(weights: str | None) -> str:
         return "mb05uv"
     path = Path(weights)
     return path.stem if path.suffix else path.name
+
+
+def run_label(args: argparse.Namespace) -> str:
+    """``<engine>-<weights>-<precision>``, plus ``-reannotated`` / ``-limitN`` when used, so a quick
+    or re-annotated run never overwrites the full run's default folder."""
+    label = f"{args.engine}-{weights_label(args.weights)}-{args.precision}"
+    if args.landmarks == "reannotated":
+        label += "-reannotated"
+    if args.limit is not None:
+        label += f"-limit{args.limit}"
+    return label
 
 
 def reproduce_command(args: argparse.Namespace, out: Path) -> str:
@@ -278,6 +290,7 @@ def run_detector(rec, ds: Dataset, batch: int) -> Run:
     angles = np.full((n, 3), np.nan)
     ms = np.full(n, np.nan)
     iou = np.zeros(n)
+    n_faces = np.zeros(n, np.int64)
     bar = _progress(n, "detector crop")
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
@@ -285,6 +298,7 @@ def run_detector(rec, ds: Dataset, batch: int) -> Run:
         t0 = time.perf_counter()
         found = [rec.reconstruct(frames[0])] if batch == 1 else rec.reconstruct_batch(frames)
         for k, faces in zip(idx, found):
+            n_faces[k] = len(faces)
             gt_box = ev.landmark_box(ds.gt[k])
             scored = [(ev.box_iou(f.box, gt_box), f) for f in faces if f.box is not None]
             if scored:
@@ -296,7 +310,7 @@ def run_detector(rec, ds: Dataset, batch: int) -> Run:
         ms[idx] = (time.perf_counter() - t0) * 1000 / len(idx)
         bar.update(len(idx))
     bar.close()
-    return Run("detector", pred, angles, ms, iou)
+    return Run("detector", pred, angles, ms, iou, n_faces)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -330,6 +344,8 @@ def score(ds: Dataset, run: Run) -> dict:
     if run.iou is not None:
         out["miss_rate"] = float((~hit).mean())
         out["misses"] = [ds.files[i].name for i in np.flatnonzero(~hit)]
+        out["misses_no_face"] = int(((~hit) & (run.n_faces == 0)).sum())
+        out["misses_no_overlap"] = int(((~hit) & (run.n_faces > 0)).sum())
         out["median_iou"] = float(np.median(run.iou[hit])) if hit.any() else None
     out["_per_image"] = (e2, e3, ours_aflw)
     return out
@@ -397,7 +413,10 @@ def write_reports(out: Path, results: dict, meta: dict, ds: Dataset, label: str)
         f"- {crop} crop, pose MAE on all {r['pose_all']['n']} scored images (GT canonicalised): yaw "
         f"{_f(r['pose_all']['yaw'])}, pitch {_f(r['pose_all']['pitch'])}, roll {_f(r['pose_all']['roll'])}, "
         f"mean {_f(r['pose_all']['mean'])} deg" for crop, r in results.items())
-    text = (f"# AFLW2000-3D: {label}\n\n{md}\n\n{pose_all}\n\n"
+    gt_kind = ("3DDFA's re-annotated 2D 68 points (crop and 2D NME; 3D NME vs original pt3d_68)"
+               if ds.landmarks == "reannotated" else "original AFLW2000-3D pt3d_68")
+    text = (f"# AFLW2000-3D: {label}\n\n{len(ds.files)} images; ground truth: {gt_kind}.\n\n"
+            f"{md}\n\n{pose_all}\n\n"
             + "\n".join(f"- {n}" for n in NOTES)
             + f"\n\nReproduce:\n\n```\n{meta['command']}\n```\n")
     (out / "results.md").write_text(text)
@@ -438,6 +457,22 @@ def plot_ced(path: Path, results: dict, label: str) -> None:
     plt.close(fig)
 
 
+def _model_info(engine) -> dict:
+    """Which model file produced the figures (path and sha256), for engines that load one."""
+    import hashlib
+
+    path = getattr(engine, "model_path", None)
+    info = {"path": str(path) if path else None, "sha256": None,
+            "providers": getattr(engine, "providers", None)}
+    if path and Path(path).is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        info["sha256"] = h.hexdigest()
+    return info
+
+
 def _git() -> dict:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -454,7 +489,7 @@ def _git() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    label = f"{args.engine}-{weights_label(args.weights)}-{args.precision}"
+    label = run_label(args)
     out = Path(args.out) if args.out else Path("out") / "eval" / label
     from realtime_prn.errors import user_errors
 
@@ -491,8 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                    "landmarks": args.landmarks, "limit": args.limit, "batch": args.batch,
                    "threads": args.threads, "landmark_scale": rec.options.landmark_scale,
                    "box_scale": rec.options.box_scale},
-        "model": {"path": str(getattr(engine, "model_path", "")) or None,
-                  "providers": getattr(engine, "providers", None)},
+        "model": _model_info(engine),
         "data": {"folder": str(ds.root), "n_images": len(ds.files),
                  "pose_fsanet_kept": int(ev.fsanet_mask(ds.pose).sum()),
                  "yaw_bin_counts": np.bincount(ev.yaw_bins(ds.yaw), minlength=3).tolist(),
@@ -506,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     for crop, r in results.items():
         if "miss_rate" in r:
             print(f"{crop}: detector ({args.detector}) miss rate {100 * r['miss_rate']:.2f}% "
-                  f"({len(r['misses'])} of {r['n_images']})")
+                  f"({len(r['misses'])} of {r['n_images']}: {r['misses_no_face']} no face, "
+                  f"{r['misses_no_overlap']} no overlap with the GT box)")
         print(f"{crop}: median {r['timing_ms']['median']:.1f} ms per image")
     print(f"wrote {out}/results.json, results.md, ced.png, per_image.csv")
     print(f"reproduce: {command}")

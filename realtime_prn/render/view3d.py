@@ -43,7 +43,12 @@ def use_backend(display: bool) -> str:
     Raises :class:`View3DUnavailable` with what to install when neither works.
     """
     global _APP
+    if display and not _display_available():
+        raise View3DUnavailable("no display (DISPLAY is not set); run with --no-display")
     if _APP is not None:
+        if display and _APP == "egl":
+            raise View3DUnavailable("the offscreen (EGL) backend is already in use in this "
+                                    "process; a window needs a fresh process")
         return _APP
     try:
         import vispy
@@ -51,8 +56,6 @@ def use_backend(display: bool) -> str:
     except ImportError as exc:
         raise View3DUnavailable(f"the 3D view needs vispy ({exc}); pip install vispy") from None
     if display:
-        if not _display_available():
-            raise View3DUnavailable("no display (DISPLAY is not set); run with --no-display")
         for name in ("glfw", "pyqt6", "pyside6", "pyqt5", "pyglet", "sdl2"):
             try:
                 vispy.use(app=name)

@@ -268,7 +268,7 @@ class Capture:
                 self.decoded = index
             else:
                 end = EndOfStream(f"stopped after {index} frames", frames=index)
-        except Exception as exc:  # any failure of the source ends the stream, with its reason
+        except BaseException as exc:  # any failure of the source ends the stream, with its reason
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             end = EndOfStream(f"{self.source.name} failed after {index} frames: {msg}", error=True,
                               frames=index)
@@ -319,6 +319,14 @@ class Capture:
         except queue.Empty:
             return EndOfStream(f"{self.source.name}: no frame for {timeout:.0f} s (source stalled)",
                                error=True, frames=self.decoded)
+
+    def poll(self, timeout: float) -> Frame | EndOfStream | None:
+        """Like :meth:`get` but ``None`` when nothing came within ``timeout`` (for callers
+        that wait in slices so they can notice a stop request)."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def __iter__(self) -> Iterator[Frame]:
         """Frames until the end; afterwards :attr:`end` says why it ended."""

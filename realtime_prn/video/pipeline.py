@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import statistics
 import sys
 import threading
@@ -182,7 +183,9 @@ class Outputs:
         frame = res.frame
         t0 = time.perf_counter()
         if self.records is not None:
-            extra = {"detected": res.detected}
+            extra = {"detected": res.detected,
+                     "confirmed": [f.track_id for f in res.faces
+                                   if f.detection is not None and f.detection.extra.get("confirmed")]}
             if self.live:
                 extra["latency_ms"] = round((time.perf_counter() - frame.captured_at) * 1000, 1)
             self.records.write(frame.index, frame.timestamp, res.faces, **extra)
@@ -289,6 +292,7 @@ class Pipeline:
         self.flags: dict = {"smooth": config.smooth}
         self.timings: dict[str, list[float]] = {k: [] for k in STAGES}
         self._stop = threading.Event()
+        self._interrupted = False
 
     # -- the stages before the outputs, for one frame ---------------------------------------------
     def process(self, frame: Frame) -> FrameResult:
@@ -304,8 +308,8 @@ class Pipeline:
 
         self.tracker.update(faces, frame.image.shape)  # raw landmarks → next frame's crop
         for face in faces:
-            if face.detection is not None and not self.tracker.detected_last:
-                # Between detections the box shown/recorded is the face's own landmark box.
+            if face.detection is not None and not face.detection.extra.get("confirmed"):
+                # Unless the detector just saw it, a face's box is its own landmark box.
                 face.detection.box = landmark_box(face.landmarks)
         faces = [f for f in faces if f.detection is None or "lost" not in f.detection.extra]
 
@@ -352,6 +356,7 @@ class Pipeline:
         out_times: list[float] = []
         end: EndOfStream | None = None
         t_start = time.perf_counter()
+        old_sigint = self._install_sigint()
         try:
             capture.start()
             total = capture.frame_count if not capture.live else None
@@ -384,14 +389,18 @@ class Pipeline:
                 if outputs.flags.get("quit"):
                     raise _Stop("quit from the window")
                 while outputs.flags.get("paused") and not outputs.flags.get("quit"):
+                    self._check_interrupt()
                     outputs.pump()
                     time.sleep(0.02)
+                self._check_interrupt()
         except _Stop as stop:
             summary.end_reason = str(stop)
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.end_reason = "interrupted (Ctrl-C)"
         finally:
+            if old_sigint is not None:
+                signal.signal(signal.SIGINT, old_sigint)
             self._stop.set()
             capture.stop()
             if worker is not None:
@@ -416,6 +425,24 @@ class Pipeline:
         self.log(msg)
         return summary
 
+    def _install_sigint(self):
+        """Ctrl-C sets a flag that the loop checks between frames, so a frame is always
+        written whole (record, video frame, files) or not at all; a second Ctrl-C raises at
+        once. Only the main thread may install handlers; elsewhere Ctrl-C is left as it is."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigint(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        return signal.signal(signal.SIGINT, on_sigint)
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+
     def _infer_loop(self, capture: Capture, results: queue.Queue, errors: list) -> None:
         """The inference thread: frames in order → FrameResults; ends with an EndOfStream."""
         try:
@@ -431,12 +458,29 @@ class Pipeline:
 
     def _next_inline(self, capture: Capture) -> FrameResult | EndOfStream:
         while True:
-            item = capture.get(timeout=self.cfg.stall_timeout)
+            item = self._next_frame(capture)
             if isinstance(item, EndOfStream):
                 return item
             if item.index % max(self.cfg.every, 1):
                 continue
             return self.process(item)
+
+    def _next_frame(self, capture: Capture) -> Frame | EndOfStream:
+        """Wait for the next frame in short slices, so a stop or Ctrl-C is noticed at once and
+        a source that stalls for ``stall_timeout`` seconds ends the run instead of hanging."""
+        waited = 0.0
+        while True:
+            if self._stop.is_set():
+                return EndOfStream("stopped")
+            if threading.current_thread() is threading.main_thread():
+                self._check_interrupt()
+            item = capture.poll(0.1)
+            if item is not None:
+                return item
+            waited += 0.1
+            if waited >= self.cfg.stall_timeout:
+                return EndOfStream(f"{capture.source.name}: no frame for "
+                                   f"{self.cfg.stall_timeout:.0f} s (source stalled)", error=True)
 
     def _put(self, results: queue.Queue, item) -> bool:
         while not self._stop.is_set():
@@ -449,6 +493,7 @@ class Pipeline:
 
     def _next_from(self, results: queue.Queue, outputs: Outputs):
         while True:
+            self._check_interrupt()
             try:
                 return results.get(timeout=0.02)
             except queue.Empty:

@@ -77,6 +77,7 @@ class FaceTracker:
         self._since_detect = 0
         self._force_detect = True
         self.detected_last = False      # whether the last detect() ran the detector
+        self.confirmed: dict[int, np.ndarray] = {}  # track id → detector box, this frame
         self.lost_total = 0
         self.detector_runs = 0
 
@@ -98,6 +99,7 @@ class FaceTracker:
         """Faces for this frame with stable ``track_id``; tracked faces carry ``landmarks``
         (from the previous frame) so the crop follows them without the detector."""
         self.detected_last = self._should_detect()
+        self.confirmed = {}
         if self.detected_last:
             self._associate(self.detector.detect(frame))
             self._since_detect = 1
@@ -110,9 +112,13 @@ class FaceTracker:
             del self.tracks[self.max_faces:]
         out = []
         for t in self.tracks:
-            out.append(Detection(box=t.box.copy(), score=t.score,
+            # A face the detector just confirmed reports the detector's box; its crop still
+            # comes from its landmarks, which are steadier than a fresh detector box.
+            confirmed = t.id in self.confirmed
+            box = self.confirmed[t.id] if confirmed else t.box
+            out.append(Detection(box=box.copy(), score=t.score,
                                  landmarks=None if t.landmarks is None else t.landmarks.copy(),
-                                 track_id=t.id, extra={"detected": self.detected_last}))
+                                 track_id=t.id, extra={"confirmed": confirmed}))
         return out
 
     def _associate(self, dets: list[Detection]) -> None:
@@ -131,6 +137,7 @@ class FaceTracker:
             t = self.tracks[i]
             t.misses = 0
             t.score = float(dets[j].score)
+            self.confirmed[t.id] = np.asarray(dets[j].box, np.float64)[:4].copy()
             if t.landmarks is None:
                 # Not reconstructed yet: take the fresher detector box.
                 t.box = np.asarray(dets[j].box, np.float64)[:4].copy()
@@ -149,7 +156,9 @@ class FaceTracker:
             # seen differently, not a new one.
             if any(iou(t.box, np.asarray(d.box)) > self.match_iou / 2 for t in kept):
                 continue
-            kept.append(self._new_track(d))
+            t = self._new_track(d)
+            self.confirmed[t.id] = t.box.copy()
+            kept.append(t)
         self.tracks = kept
 
     def update(self, faces: list, frame_shape: tuple[int, ...]) -> None:
