@@ -111,7 +111,7 @@ def face_texture(face: Face, size: int = RES) -> FaceTexture:
     _check_size(size)
     tex = face.texture(size).copy()
     cos = texel_cos(face, size)
-    vis = texel_visibility(face, size) & (cos >= 0.05)
+    vis = texel_visibility(face, size) & (cos >= 0.05)  # edge-on texels are background
     tex[~vis] = 0
     return FaceTexture(tex, vis, cos)
 
@@ -125,107 +125,109 @@ def texel_visibility(face: Face, size: int = RES, tolerance: float = 2.0) -> np.
     the 4 pixels around the texel's exact position removes that; a texel truly behind an
     occluder fails at all four (except in a one-pixel band that :class:`SwapSource` trims).
     """
-    h, w = face.image.shape[:2]
-    pos = _scaled_pos(face, size)
-    zb = np.where(np.isfinite(face.zbuffer), face.zbuffer, -np.inf).astype(np.float32)
-    x0 = np.floor(pos[..., 0]).astype(np.int64)
-    y0 = np.floor(pos[..., 1]).astype(np.int64)
+    return _visibility_against(_scaled_pos(face, size), face.zbuffer, (0, 0),
+                               face_mask(face.assets, size), tolerance)
+
+
+def _visibility_against(pos: np.ndarray, zbuf: np.ndarray, offset: tuple[int, int],
+                        fmask: np.ndarray, tolerance: float = 2.0) -> np.ndarray:
+    """:func:`texel_visibility` against any z-buffer (−inf = empty) placed at ``offset``,
+    so the render's own depth crop serves and no second raster is needed."""
+    h, w = zbuf.shape
+    x0 = np.floor(pos[..., 0]).astype(np.int64) - offset[0]
+    y0 = np.floor(pos[..., 1]).astype(np.int64) - offset[1]
     inside = (x0 >= 0) & (x0 < w - 1) & (y0 >= 0) & (y0 < h - 1)
-    xc, yc = np.clip(x0, 0, w - 2), np.clip(y0, 0, h - 2)
+    xc, yc = np.clip(x0, 0, max(w - 2, 0)), np.clip(y0, 0, max(h - 2, 0))
     near = np.full(pos.shape[:2], np.inf, np.float32)
-    drawn_any = np.zeros(pos.shape[:2], bool)
     for dy in (0, 1):
         for dx in (0, 1):
-            z = zb[yc + dy, xc + dx]
-            fin = np.isfinite(z)
-            drawn_any |= fin
-            near = np.minimum(near, np.where(fin, z, np.inf))
-    return face_mask(face.assets, size) & inside & drawn_any & (pos[..., 2] >= near - tolerance)
+            z = zbuf[np.minimum(yc + dy, h - 1), np.minimum(xc + dx, w - 1)]
+            near = np.minimum(near, np.where(np.isfinite(z), z, np.inf))
+    return fmask & inside & np.isfinite(near) & (pos[..., 2] >= near - tolerance)
 
 
 class SwapSource:
-    """A source texture made fit to put on other faces, prepared once (per video).
+    """A source texture made fit to put on other faces; prepared once, completed per target.
 
     Three things go wrong when a photo's texture is pasted on another face, and each has a
     fix here:
 
-    * texels next to an occlusion straddle the occluder: ``erode`` texels (at 256, scaled)
-      are trimmed there;
-    * texels the photo did not see at all: filled from their left-right mirror (PRN's UV
-      map is symmetric), so a face photographed at an angle still covers a frontal target;
+    * texels the photo did not see: filled from their left-right mirror (PRN's UV map is
+      symmetric), so a face photographed at an angle still covers a frontal target;
     * texels the photo saw edge-on (the far cheek) are stretched and carry background: where
-      the *target* shows that texel much more squarely than the photo did and the mirror
-      texel was seen well, the mirror is used instead — a soft weight of the ratio of the two
-      views' cosines, so a self-swap keeps every texel and a video target turning its head
-      fades between the two rather than flickering.
+      the *target* shows a texel much more squarely than the photo did and the mirror texel
+      was seen well, the mirror is used — a soft weight on the ratio of the two views'
+      cosines, so a video target turning its head fades between the two instead of
+      flickering;
+    * where mirrored texels meet the photo's own, the two sides' lighting differs and the
+      seen texels next to the occlusion straddle the occluder: ``erode`` texels (at 256,
+      scaled) are trimmed there and ``feather`` texels fade from one to the other.
 
-    ``feather`` texels inside the seen side fade into the mirrored values, so the two sides'
-    different lighting leaves no seam. Texels unseen on both sides stay invalid and are left
-    to the target's own pixels.
+    All three act only where the *target* sees what the photo did not, so a face swapped onto
+    itself keeps every texel it had. Texels unseen on both sides stay invalid and the target
+    keeps its own pixels there.
     """
 
     def __init__(self, tex: FaceTexture, assets: UVAssets, erode: int = 2, mirror: bool = True,
                  feather: int = 6):
-        size = tex.size
-        scale = size / RES
-        self.size = size
+        self.size = tex.size
         self.assets = assets
-        fm = face_mask(assets, size)
-        raw = tex.visibility
-        vis = raw
-        k = int(round(erode * scale))
-        if k > 0:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-            # Against hidden texels only: eroding against the UV mask's outline would shave
-            # the whole face border every time.
-            vis = (cv2.erode((raw | ~fm).astype(np.uint8), kernel) > 0) & fm
-        self.vis = vis
+        self.fm = face_mask(assets, self.size)
+        self.vis = tex.visibility & self.fm
         self.raw = tex.texture.copy()
-        self.raw[~vis] = 0
-        self.cos = np.ones((size, size), np.float32) if tex.cos is None else tex.cos.astype(np.float32)
+        self.raw[~self.vis] = 0
+        self.cos = (np.ones((self.size, self.size), np.float32) if tex.cos is None
+                    else tex.cos.astype(np.float32))
         self.mirror = mirror
-        if mirror:
-            self.mir = np.ascontiguousarray(self.raw[:, ::-1])
-            self.mir_ok = vis[:, ::-1] & fm
-            self.mir_cos = np.ascontiguousarray(self.cos[:, ::-1])
-            f = feather * scale
-            dist = cv2.distanceTransform((vis | ~fm).astype(np.uint8), cv2.DIST_L2, 3)
-            self.w_seam = np.clip(dist / f, 0.0, 1.0) if f > 0 else np.ones_like(dist)
-            valid = vis | self.mir_ok
-        else:
-            valid = vis
-        # Trimmed texels with no mirror: filled smoothly from their neighbours so the face
-        # stays continuous instead of showing a seam of the target's own skin.
-        self.ring = raw & ~valid
-        self.valid = valid | self.ring
-        self._frontal: FaceTexture | None = None
+        self.k = int(round(erode * self.size / RES))
+        self.feather = feather * self.size / RES
+        self.mir = np.ascontiguousarray(self.raw[:, ::-1])
+        self.mir_ok = (self.vis[:, ::-1] & self.fm) if mirror else np.zeros_like(self.vis)
+        self.mir_cos = np.ascontiguousarray(self.cos[:, ::-1])
+        self.valid = self.vis | self.mir_ok
 
-    def texture_for(self, target: Face | None = None) -> FaceTexture:
-        """The completed texture for one target (``None``: a target seen from the front)."""
-        if target is None and self._frontal is not None:
-            return self._frontal
-        tex = self.raw.copy()
-        if self.mirror:
-            cos_t = (np.ones_like(self.cos) if target is None
-                     else np.maximum(texel_cos(target, self.size), 0.05))
-            q_raw = self.cos / cos_t
-            q_mir = self.mir_cos / cos_t
-            # Keep the photo's own texel when it saw it at least half as squarely as the
-            # target shows it, or nearly as squarely as the mirror texel; else the mirror.
-            w = np.clip(np.maximum((q_raw - 0.25) / 0.25,
-                                   (q_raw / np.maximum(q_mir, 1e-3) - 0.5) / 0.25), 0.0, 1.0)
-            w = np.minimum(w, self.w_seam)
-            both = self.vis & self.mir_ok & (w < 1)
-            wb = w[both][:, None]
-            tex[both] = (wb * self.raw[both] + (1 - wb) * self.mir[both] + 0.5).astype(np.uint8)
-            only_mir = ~self.vis & self.mir_ok
-            tex[only_mir] = self.mir[only_mir]
-        if self.ring.any():
-            tex[self.ring] = _push_pull(tex, self.valid & ~self.ring)[self.ring]
-        out = FaceTexture(tex, self.valid.copy(), None)
+    def texture_for(self, target: Face | None = None,
+                    target_visibility: np.ndarray | None = None) -> FaceTexture:
+        """The completed texture for one target; ``None`` = a frontal target that sees every
+        texel. ``target_visibility``: the target's texel visibility when the caller has it."""
         if target is None:
-            self._frontal = out
-        return out
+            cos_t = np.ones_like(self.cos)
+            seen_t = self.fm
+        else:
+            cos_t = texel_cos(target, self.size)
+            seen_t = (texel_visibility(target, self.size) if target_visibility is None
+                      else target_visibility) & (cos_t >= 0.05)  # edge-on: barely shown
+            cos_t = np.maximum(cos_t, 0.05)
+        tex = self.raw.copy()
+        if not self.mirror:
+            return FaceTexture(tex, self.vis.copy())
+        # Texels the target shows but the photo did not: where mirrored content appears.
+        shown_hidden = seen_t & self.fm & ~self.vis
+        vis = self.vis
+        if self.k > 0 and shown_hidden.any():
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.k + 1,) * 2)
+            vis = vis & ~(cv2.dilate(shown_hidden.astype(np.uint8), kernel) > 0)
+        q_raw = self.cos / cos_t
+        q_mir = self.mir_cos / cos_t
+        # Keep the photo's own texel when it saw it at least half as squarely as the target
+        # shows it, or nearly as squarely as the mirror texel did; else take the mirror.
+        w = np.clip(np.maximum((q_raw - 0.25) / 0.25,
+                               (q_raw / np.maximum(q_mir, 1e-3) - 0.5) / 0.25), 0.0, 1.0)
+        if self.feather > 0 and shown_hidden.any():
+            dist = cv2.distanceTransform((~shown_hidden).astype(np.uint8), cv2.DIST_L2, 3)
+            w = np.minimum(w, np.clip(dist / self.feather, 0.0, 1.0))
+        both = vis & self.mir_ok & (w < 1)
+        wb = w[both][:, None]
+        tex[both] = (wb * self.raw[both] + (1 - wb) * self.mir[both] + 0.5).astype(np.uint8)
+        only_mir = ~vis & self.mir_ok
+        tex[only_mir] = self.mir[only_mir]
+        # Trimmed texels without a mirror: filled smoothly from their neighbours so the face
+        # stays continuous instead of showing a seam of the target's own skin.
+        ring = self.vis & ~vis & ~self.mir_ok
+        ok = vis | self.mir_ok
+        if ring.any():
+            tex[ring] = _push_pull(tex, ok)[ring]
+        return FaceTexture(tex, self.valid.copy())
 
 
 def complete_texture(tex: FaceTexture, assets: UVAssets, target: Face | None = None,
@@ -476,7 +478,8 @@ def _face_box(vertices: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]
 
 def rasterise_uv(vertices: np.ndarray, triangles: np.ndarray, uv: np.ndarray,
                  frame_shape: tuple[int, ...]):
-    """Per-pixel UV of the visible surface inside the face's box: (uv h×w×2, drawn, offset)."""
+    """Per-pixel UV of the visible surface inside the face's box: (uv h×w×2, depth h×w with
+    −inf where empty, offset), or None when the face is off the frame."""
     h, w = frame_shape[:2]
     box = _face_box(vertices, h, w)
     if box is None:
@@ -484,7 +487,7 @@ def rasterise_uv(vertices: np.ndarray, triangles: np.ndarray, uv: np.ndarray,
     x0, y0, x1, y1 = box
     v = np.asarray(vertices, np.float32) - np.array([x0, y0, 0], np.float32)
     vals, depth = render_values(v, triangles, uv, y1 - y0, x1 - x0)
-    return vals, np.isfinite(depth), (x0, y0)
+    return vals, depth, (x0, y0)
 
 
 def _sample(rgba: np.ndarray, uv: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -498,27 +501,46 @@ def _sample(rgba: np.ndarray, uv: np.ndarray, drawn: np.ndarray) -> tuple[np.nda
     return img, mask
 
 
-def render_local(face: Face, texture: np.ndarray, visibility: np.ndarray | None = None,
-                 backend: str = "numba", renderer: GLTextureRenderer | None = None,
-                 vertices: np.ndarray | None = None) -> Rendered:
-    """:func:`render_texture` without the frame-sized copies (the video path's form).
+def _empty(shape: tuple[int, int]) -> Rendered:
+    return Rendered(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), bool), (0, 0), shape)
 
-    ``vertices``: render these instead of ``face.vertices`` (smoothed geometry).
-    """
+
+def render_local(face: Face, texture: np.ndarray, visibility: np.ndarray | None = None,
+                 backend: str = "numba", renderer: GLTextureRenderer | None = None) -> Rendered:
+    """:func:`render_texture` without the frame-sized copies (what blending wants)."""
     rgba = texture_rgba(texture, visibility)
-    verts = face.vertices if vertices is None else vertices
     shape = face.image.shape[:2]
     if backend == "numba":
-        r = rasterise_uv(verts, face.triangles, vertex_uv(face.assets), shape)
+        r = rasterise_uv(face.vertices, face.triangles, vertex_uv(face.assets), shape)
         if r is None:
-            return Rendered(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), bool), (0, 0), shape)
-        uv, drawn, off = r
-        img, mask = _sample(rgba, uv, drawn)
+            return _empty(shape)
+        uv, depth, off = r
+        img, mask = _sample(rgba, uv, np.isfinite(depth))
         return Rendered(img, mask, off, shape, uv)
     if backend == "vispy":
         renderer = renderer or _default_gl_renderer()
-        return renderer.render(verts, face.triangles, vertex_uv(face.assets), rgba, shape)
+        return renderer.render(face.vertices, face.triangles, vertex_uv(face.assets), rgba, shape)
     raise ValueError(f"unknown render backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def render_swap(target: Face, source: SwapSource | FaceTexture, region: np.ndarray,
+                backend: str = "numba", renderer: GLTextureRenderer | None = None) -> Rendered:
+    """Render a swap source on the target: the texture is completed for this target using the
+    render's own depth (which texels the target shows), so it costs one raster, not two."""
+    if isinstance(source, FaceTexture):
+        return render_local(target, source.texture, region & source.visibility, backend, renderer)
+    shape = target.image.shape[:2]
+    if backend != "numba":
+        tex = source.texture_for(target)
+        return render_local(target, tex.texture, region & tex.visibility, backend, renderer)
+    r = rasterise_uv(target.vertices, target.triangles, vertex_uv(target.assets), shape)
+    if r is None:
+        return _empty(shape)
+    uv, depth, off = r
+    seen = _visibility_against(_scaled_pos(target, source.size), depth, off, source.fm)
+    tex = source.texture_for(target, seen)
+    img, mask = _sample(texture_rgba(tex.texture, region & tex.visibility), uv, np.isfinite(depth))
+    return Rendered(img, mask, off, shape, uv)
 
 
 def render_texture(face: Face, texture: np.ndarray, visibility: np.ndarray | None = None,
@@ -763,22 +785,24 @@ def swap_faces(source_face: Face, target_face: Face, blend: str = "poisson", *,
     """
     if source is None:
         source = SwapSource(face_texture(source_face, size), source_face.assets)
-    tex = source.texture_for(target_face) if isinstance(source, SwapSource) else source
-    region = swap_region(target_face.assets, tex, erode)
-    rendered = render_local(target_face, tex.texture, region, backend)
+    region = swap_region(target_face.assets, source, erode)
+    rendered = render_swap(target_face, source, region, backend)
     out, mask = blend_rendered(target_face.image if image is None else image, rendered, blend,
                                color_match=blend == "alpha")
     return SwapResult(out, mask)
 
 
-def swap_region(assets: UVAssets, tex: FaceTexture, erode: int = 2) -> np.ndarray:
-    """The fixed UV region a swap covers: the face mask less ``erode`` texels, where valid."""
+def swap_region(assets: UVAssets, tex: SwapSource | FaceTexture, erode: int = 2) -> np.ndarray:
+    """The fixed UV region a swap covers: the face mask less ``erode`` texels (the outline's
+    samples straddle the silhouette), where the source has a value. Fixed per source, so in a
+    video the rendered mask moves only with the target's geometry."""
+    valid = tex.valid if isinstance(tex, SwapSource) else tex.visibility
     region = face_mask(assets, tex.size)
     k = int(round(erode * tex.size / RES))
     if k > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
         region = cv2.erode(region.astype(np.uint8), kernel) > 0
-    return region & tex.visibility
+    return region & valid
 
 
 def largest_face(image, reconstructor=None, what: str = "image") -> Face:
@@ -1005,8 +1029,7 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
         assets = src_face.assets
         prepared = SwapSource(face_texture(src_face, size), assets)
     # One UV region for the whole video: the rendered mask then moves only with the geometry.
-    region = swap_region(assets, prepared.texture_for(None) if isinstance(prepared, SwapSource)
-                         else prepared)
+    region = swap_region(assets, prepared)
     src_source = open_source(target_video)
     if getattr(src_source, "live", False):
         raise VideoError(f"{target_video} is not a video file")
@@ -1048,9 +1071,7 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
                 chosen = face.track_id
                 if stabilise:
                     face = smoother([face], index / max(src_source.fps, 1e-3))[0]
-                tex = (prepared.texture_for(face) if isinstance(prepared, SwapSource)
-                       else prepared).texture
-                rendered = render_local(face, tex, region, backend)
+                rendered = render_swap(face, prepared, region, backend)
                 t2 = time.perf_counter()
                 out, mask = blend_rendered(frame, rendered, blend, color_match=blend == "alpha")
                 if stabilise and blend == "poisson" and rendered.mask.any():
