@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("fetch", help="download the data/weights (needs internet; checks sha256)")
     f.add_argument("--official", action="store_true", help="also the official PRN checkpoint")
     f.add_argument("--dest", default=None, help="where to put the files (default: ../shared)")
+    from .swap_cli import build_edit_parser, build_swap_parser
+    build_swap_parser(sub.add_parser("swap", help="put a photo's face on a photo or a video",
+                                     description="Face swap: the source photo's face on the target's."))
+    build_edit_parser(sub.add_parser("edit", help="replace a UV region (eyes, mouth, face, mask) of a face",
+                                     description="Texture editing in PRN's UV space."))
     args = parser.parse_args(argv)
 
     from .errors import user_errors
@@ -203,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             from .fetch import fetch
             return fetch(args.dest, official=args.official)
+        if args.command in ("swap", "edit"):
+            from .swap_cli import run as run_swap_cli
+            return run_swap_cli(args)
     except KeyboardInterrupt:
         print("interrupted; files written so far are kept", file=sys.stderr)
         return 130

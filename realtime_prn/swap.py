@@ -98,8 +98,10 @@ def texel_cos(face: Face, size: int = RES) -> np.ndarray:
     pos = _scaled_pos(face, size)
     du = cv2.Sobel(pos, cv2.CV_32F, 1, 0, ksize=3)
     dv = cv2.Sobel(pos, cv2.CV_32F, 0, 1, ksize=3)
-    n = np.cross(du, dv)
-    return np.abs(n[..., 2]) / np.maximum(np.linalg.norm(n, axis=2), 1e-6)
+    nx = du[..., 1] * dv[..., 2] - du[..., 2] * dv[..., 1]
+    ny = du[..., 2] * dv[..., 0] - du[..., 0] * dv[..., 2]
+    nz = du[..., 0] * dv[..., 1] - du[..., 1] * dv[..., 0]
+    return np.abs(nz) / np.maximum(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-6)
 
 
 def face_texture(face: Face, size: int = RES) -> FaceTexture:
@@ -245,9 +247,10 @@ def as_face_texture(texture: np.ndarray | str | os.PathLike, size: int,
     channel says which texels are valid; without one every face texel is.
     """
     arr = _read_uv_image(texture, "texture", cv2.IMREAD_UNCHANGED)
-    if arr.dtype != np.uint8:
-        from .image import to_bgr
-        arr = to_bgr(arr) if arr.ndim == 2 or arr.shape[2] != 4 else arr
+    if arr.dtype == np.uint16:
+        arr = (arr / 257.0 + 0.5).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"a UV texture must be 8- or 16-bit, got {arr.dtype}")
     if arr.ndim == 2:
         arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
     alpha = arr[..., 3] if arr.shape[2] == 4 else None
@@ -365,9 +368,10 @@ def edit_texture(target_face: Face, mode: str, source_texture=None, source_image
 
     The source is one of: ``source_texture`` (a UV texture array or file, see
     :func:`as_face_texture`), ``source_image`` (a photo, array or path: its largest face is
-    reconstructed with ``reconstructor``) or ``source_face``. Source texels that were hidden
-    in the source photo are not copied — the target keeps its own there — so an occluder is
-    never pasted onto the target.
+    reconstructed with ``reconstructor``) or ``source_face``. Texels the source photo did not
+    see are mirrored in from the other side where that was seen (:class:`SwapSource`), else
+    not copied — the target keeps its own there — so an occluder is never pasted onto the
+    target. A user texture's alpha channel, if any, says which of its texels count.
     """
     given = [s is not None for s in (source_texture, source_image, source_face)]
     if sum(given) != 1:
@@ -384,11 +388,11 @@ def edit_texture(target_face: Face, mode: str, source_texture=None, source_image
     region = uv_region(mode, assets, size, mask, data_root) & src.visibility
     tex = target.texture.copy()
     tex[region] = src.texture[region]
-    return TextureEdit(tex, target.visibility | region, region)
+    return TextureEdit(tex, target.visibility | region, region=region)
 
 
 # --- rendering -------------------------------------------------------------------------------
-_UV_CACHE: dict[int, np.ndarray] = {}
+_UV_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def vertex_uv(assets: UVAssets) -> np.ndarray:
@@ -397,38 +401,44 @@ def vertex_uv(assets: UVAssets) -> np.ndarray:
     Texel centres, because ``Face.texture(size)`` resizes the position map with cv2's
     half-pixel convention: texel j of an S-texel map sits at (j + 0.5) / S for every S.
     """
-    key = id(assets)
-    uv = _UV_CACHE.get(key)
-    if uv is None:
-        rows, cols = np.divmod(assets.face_ind, RES)
-        uv = np.stack([(cols + 0.5) / RES, (rows + 0.5) / RES], 1).astype(np.float32)
-        _UV_CACHE[key] = uv
+    hit = _UV_CACHE.get(id(assets))
+    if hit is not None and hit[0] is assets.face_ind:
+        return hit[1]
+    rows, cols = np.divmod(assets.face_ind, RES)
+    uv = np.stack([(cols + 0.5) / RES, (rows + 0.5) / RES], 1).astype(np.float32)
+    _UV_CACHE[id(assets)] = (assets.face_ind, uv)
     return uv
 
 
 def _push_pull(texture: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Fill invalid texels with a smooth extension of the valid ones.
+    """Fill invalid texels with a smooth extension of the valid ones (a push-pull pyramid).
 
     Only so bilinear sampling at a valid texel's edge does not mix in black: the fill itself
     is never shown, since the alpha (validity) channel masks those pixels out.
     """
-    if valid.all():
+    if valid.all() or not valid.any():
         return texture
     w = valid.astype(np.float32)
     c = texture.astype(np.float32) * w[..., None]
-    pyr = [(c, w)]
+    levels = []
     while min(c.shape[:2]) > 4:
         size = (max(c.shape[1] // 2, 1), max(c.shape[0] // 2, 1))
         c = cv2.resize(c, size, interpolation=cv2.INTER_AREA)
         w = cv2.resize(w, size, interpolation=cv2.INTER_AREA)
-        pyr.append((c, w))
-    c, w = pyr[-1]
-    est = np.where(w[..., None] > 0, c / np.maximum(w, 1e-6)[..., None], c.mean((0, 1)))
-    for c, w in reversed(pyr[:-1]):
-        up = cv2.resize(est, (c.shape[1], c.shape[0]), interpolation=cv2.INTER_LINEAR)
-        est = np.where(w[..., None] > 0, c / np.maximum(w, 1e-6)[..., None], up)
+        levels.append((c, w))
+    est = None
+    for c, w in reversed(levels):
+        cur = c / np.maximum(w, 1e-6)[..., None]
+        hole = w <= 1e-6
+        if est is None:
+            cur[hole] = c.sum((0, 1)) / max(float(w.sum()), 1e-6)
+        else:
+            up = cv2.resize(est, (c.shape[1], c.shape[0]), interpolation=cv2.INTER_LINEAR)
+            cur[hole] = up[hole]
+        est = cur
+    up = cv2.resize(est, (texture.shape[1], texture.shape[0]), interpolation=cv2.INTER_LINEAR)
     out = texture.copy()
-    out[~valid] = np.clip(est[~valid] + 0.5, 0, 255).astype(np.uint8)
+    out[~valid] = np.clip(up[~valid] + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
@@ -579,8 +589,10 @@ void main() { gl_FragColor = texture2D(u_tex, v_uv); }
 class GLTextureRenderer:
     """The same render in OpenGL (vispy offscreen; Mesa llvmpipe over EGL on a CPU machine).
 
-    Kept as a measured alternative to the numba path: on a GPU it would be the faster one, on
-    this project's CPU machines it is not (see ``tools/swap_benchmark.py``).
+    Kept as a measured alternative to the numba path, and as the seam for a GPU machine: on
+    this project's CPU machines llvmpipe is the slower of the two (``tools/swap_benchmark.py``
+    prints both). Pixel centres, texel centres and the z test follow the numba path, so the
+    two agree to within a level (checked in ``tests/test_swap.py``).
     """
 
     def __init__(self):
@@ -607,7 +619,7 @@ class GLTextureRenderer:
         h, w = frame_shape[:2]
         box = _face_box(vertices, h, w)
         if box is None:
-            return Rendered(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), bool), (0, 0), (h, w))
+            return _empty((h, w))
         x0, y0, x1, y1 = box
         bw, bh = x1 - x0, y1 - y0
         self.canvas.set_current()
@@ -850,20 +862,31 @@ def default_reconstructor():
 # --- video -----------------------------------------------------------------------------------
 @dataclass
 class FlickerStats:
-    """How much the output moves between frames where the swap is, against the input itself.
+    """How steady the swapped face is from frame to frame (means over consecutive pairs).
 
-    ``change_ratio``: mean |out_t − out_{t−1}| / mean |in_t − in_{t−1}| over the union of the
-    two masks (≈1 = the swapped face changes as much as the real face did). ``accel_ratio``:
-    the same for second differences |x_t − 2x_{t−1} + x_{t−2}|, which cancel steady motion
-    and leave flicker. ``mask_iou``: median IoU of consecutive masks.
+    ``surface_change``: mean |Δ colour| (levels) of the output sampled at the rendered
+    vertices, i.e. on the face surface itself, so head motion cancels: the source texture is
+    fixed, so ideally only real lighting changes remain — everything else is flicker (tint
+    changes of the Poisson solve, sampling jitter). ``surface_change_in``: the same for the
+    input frame at the same vertices (the real face's own change, for scale).
+    ``accel_ratio``: mean second difference |x_t − 2x_{t−1} + x_{t−2}| of the output over the
+    input's, on the union of the masks (steady motion cancels; > 1 = flicker added).
+    ``mask_iou``: median IoU of consecutive masks; ``mask_jitter``: mean |mask_t xor
+    mask_{t−1}| / |mask_t|, the fraction of the mask that toggles.
     """
 
-    change_ratio: float = float("nan")
+    surface_change: float = float("nan")
+    surface_change_in: float = float("nan")
     accel_ratio: float = float("nan")
     mask_iou: float = float("nan")
-    change_out: float = float("nan")
-    change_in: float = float("nan")
+    mask_jitter: float = float("nan")
     pairs: int = 0
+
+    def line(self) -> str:
+        return (f"surface change {self.surface_change:.2f} levels/frame "
+                f"(input {self.surface_change_in:.2f}), "
+                f"second-difference ratio {self.accel_ratio:.2f}, mask IoU {self.mask_iou:.3f}, "
+                f"mask jitter {self.mask_jitter:.3f}")
 
 
 @dataclass
@@ -882,24 +905,39 @@ class SwapVideoSummary:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items())
         fl = ""
         if self.flicker is not None and self.flicker.pairs:
-            f = self.flicker
-            fl = (f"; flicker: change ratio {f.change_ratio:.2f}, second-difference ratio "
-                  f"{f.accel_ratio:.2f}, mask IoU {f.mask_iou:.3f}")
+            fl = f"; flicker: {self.flicker.line()}"
         return (f"{self.frames} frame(s): {self.swapped} swapped, {self.no_face} without a target "
                 f"face (passed through); median ms per frame: {stages}{fl}")
 
 
 class _FlickerMeter:
+    """Accumulates :class:`FlickerStats` while a video is swapped (costs a few ms a frame)."""
+
     def __init__(self):
         self.hist: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
-        self.d_out: list[float] = []
-        self.d_in: list[float] = []
+        self.prev_surface: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.surface: list[float] = []
+        self.surface_in: list[float] = []
         self.a_out: list[float] = []
         self.a_in: list[float] = []
         self.iou: list[float] = []
+        self.jitter: list[float] = []
 
-    def add(self, inp: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> None:
+    def add(self, inp: np.ndarray, out: np.ndarray, mask: np.ndarray | None,
+            vertices: np.ndarray | None = None) -> None:
         self.hist = (self.hist + [None if mask is None else (inp, out, mask)])[-3:]
+        surface = None
+        if mask is not None and vertices is not None:
+            h, w = mask.shape
+            x = np.clip(np.rint(vertices[:, 0]).astype(np.intp), 0, w - 1)
+            y = np.clip(np.rint(vertices[:, 1]).astype(np.intp), 0, h - 1)
+            surface = (mask[y, x], out[y, x].astype(np.float32), inp[y, x].astype(np.float32))
+            if self.prev_surface is not None:
+                ok = surface[0] & self.prev_surface[0]
+                if ok.any():
+                    self.surface.append(float(np.abs(surface[1][ok] - self.prev_surface[1][ok]).mean()))
+                    self.surface_in.append(float(np.abs(surface[2][ok] - self.prev_surface[2][ok]).mean()))
+        self.prev_surface = surface
         if mask is None or len(self.hist) < 2 or self.hist[-2] is None:
             return
         i1, o1, m1 = self.hist[-2]
@@ -907,9 +945,7 @@ class _FlickerMeter:
         if not union.any():
             return
         self.iou.append(float((mask & m1).sum() / union.sum()))
-        cur_i, cur_o = inp[union].astype(np.float32), out[union].astype(np.float32)
-        self.d_out.append(float(np.abs(cur_o - o1[union]).mean()))
-        self.d_in.append(float(np.abs(cur_i - i1[union]).mean()))
+        self.jitter.append(float((mask ^ m1).sum() / max(mask.sum(), 1)))
         if len(self.hist) == 3 and self.hist[0] is not None:
             i0, o0, m0 = self.hist[0]
             u3 = union | m0
@@ -917,28 +953,30 @@ class _FlickerMeter:
             self.a_in.append(float(np.abs(inp[u3].astype(np.float32) - 2 * i1[u3] + i0[u3]).mean()))
 
     def stats(self) -> FlickerStats:
-        if not self.d_out:
-            return FlickerStats()
-        d_out, d_in = float(np.mean(self.d_out)), float(np.mean(self.d_in))
-        acc = (float(np.mean(self.a_out)) / max(float(np.mean(self.a_in)), 1e-6)
-               if self.a_out else float("nan"))
-        return FlickerStats(change_ratio=d_out / max(d_in, 1e-6), accel_ratio=acc,
-                            mask_iou=float(np.median(self.iou)), change_out=d_out, change_in=d_in,
-                            pairs=len(self.d_out))
+        nan = float("nan")
+        mean = lambda v: float(np.mean(v)) if v else nan
+        acc = mean(self.a_out) / max(mean(self.a_in), 1e-6) if self.a_out else nan
+        return FlickerStats(surface_change=mean(self.surface), surface_change_in=mean(self.surface_in),
+                            accel_ratio=acc,
+                            mask_iou=float(np.median(self.iou)) if self.iou else nan,
+                            mask_jitter=mean(self.jitter), pairs=len(self.iou))
 
 
 class _Correction:
-    """The Poisson colour correction (blended − rendered) per vertex, smoothed over time.
+    """The Poisson colour correction (cloned − rendered) per vertex, smoothed over time.
 
     Why: seamlessClone solves a fresh membrane from each frame's mask boundary, so the whole
-    face's tint follows every one-level change of the boundary pixels and flickers. The
-    membrane is smooth, so sampling it at the vertices loses nothing; an exponential average
-    per vertex (a fixed point of the face, not of the frame) keeps it steady while the face
-    moves, and rendering it back through the same z-buffer puts it on the face again.
+    face's tint follows every change of the boundary pixels (hair, the background, codec
+    noise) and flickers. The membrane is smooth, so solving it at half resolution and
+    sampling it at the vertices loses nothing; an exponential average per vertex (a fixed
+    point of the face, not of the frame) keeps it steady while the face moves, and rendering
+    it back through the z-buffer puts it on the face again. Half resolution also makes the
+    solve ~4× cheaper than the photo path's full-resolution one.
     """
 
-    def __init__(self, alpha: float = 0.25):
+    def __init__(self, alpha: float = 0.25, scale: float = 0.5):
         self.alpha = alpha
+        self.scale = scale
         self.state: np.ndarray | None = None
         self.key: int | None = None
 
@@ -946,34 +984,45 @@ class _Correction:
         self.state = None
         self.key = None
 
-    def apply(self, image: np.ndarray, blended: np.ndarray, rendered: Rendered,
-              vertices: np.ndarray, triangles: np.ndarray, key: int) -> np.ndarray:
+    def apply(self, frame: np.ndarray, rendered: Rendered, vertices: np.ndarray,
+              triangles: np.ndarray, key: int) -> np.ndarray:
+        """The output frame: ``frame`` with the corrected render inside the render's mask."""
         ox, oy = rendered.offset
         bh, bw = rendered.mask.shape
-        crop_b = blended[oy:oy + bh, ox:ox + bw].astype(np.float32)
-        diff = crop_b - rendered.image.astype(np.float32)
         m = rendered.mask
-        # Spread the correction a little past the mask so vertices on its edge sample it.
-        diff[~m] = 0
-        w = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 2.0)
-        diff = cv2.GaussianBlur(diff, (0, 0), 2.0) / np.maximum(w, 1e-3)[..., None]
+        dst = frame[oy:oy + bh, ox:ox + bw]
+        # Outside the mask the source takes the frame's pixels, so downsampling mixes no black in.
+        src = np.where(m[..., None], rendered.image, dst)
+        sw, sh = max(int(round(bw * self.scale)), 8), max(int(round(bh * self.scale)), 8)
+        fx, fy = sw / bw, sh / bh
+        dst_s = cv2.resize(dst, (sw, sh), interpolation=cv2.INTER_AREA)
+        src_s = cv2.resize(src, (sw, sh), interpolation=cv2.INTER_AREA)
+        m_s = cv2.resize(m.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.5
+        cloned = blend_local(dst_s, src_s, m_s, "poisson")
+        memb = (cloned.astype(np.float32) - src_s.astype(np.float32)) * m_s[..., None]
+        # Spread the membrane a little past the mask so vertices on its edge can sample it.
+        wgt = cv2.GaussianBlur(m_s.astype(np.float32), (0, 0), 1.0)
+        memb = cv2.GaussianBlur(memb, (0, 0), 1.0) / np.maximum(wgt, 1e-3)[..., None]
         v = np.asarray(vertices, np.float32) - np.array([ox, oy, 0], np.float32)
-        xs = np.clip(np.rint(v[:, 0]).astype(np.intp), 0, bw - 1)
-        ys = np.clip(np.rint(v[:, 1]).astype(np.intp), 0, bh - 1)
-        ok = m[ys, xs] | (w[ys, xs] > 0.05)
-        sample = diff[ys, xs]
+        v *= np.array([fx, fy, 1.0], np.float32)
+        xs = np.clip(np.rint(v[:, 0]).astype(np.intp), 0, sw - 1)
+        ys = np.clip(np.rint(v[:, 1]).astype(np.intp), 0, sh - 1)
+        ok = wgt[ys, xs] > 0.05
+        sample = memb[ys, xs]
         if self.state is None or self.key != key:
-            base = np.where(ok[:, None], sample, 0).astype(np.float32)
-            if ok.any():
-                base[~ok] = sample[ok].mean(0)
-            self.state, self.key = base, key
+            self.state = np.where(ok[:, None], sample, sample[ok].mean(0) if ok.any() else 0)
+            self.state = self.state.astype(np.float32)
+            self.key = key
         else:
             self.state[ok] += self.alpha * (sample[ok] - self.state[ok])
-        corr, _ = render_values(v, triangles, self.state, bh, bw)
-        out = blended.copy()
+        vals = np.concatenate([self.state, np.ones((len(self.state), 1), np.float32)], 1)
+        corr, _ = render_values(v, triangles, vals, sh, sw)
+        corr = cv2.GaussianBlur(corr, (0, 0), 1.0)
+        corr = cv2.resize(corr, (bw, bh), interpolation=cv2.INTER_LINEAR)
+        corr = corr[..., :3] / np.maximum(corr[..., 3:], 1e-3)
+        out = frame.copy()
         val = np.clip(rendered.image.astype(np.float32) + corr + 0.5, 0, 255).astype(np.uint8)
-        region = out[oy:oy + bh, ox:ox + bw]
-        region[m] = val[m]
+        out[oy:oy + bh, ox:ox + bw][m] = val[m]
         return out
 
 
@@ -997,8 +1046,9 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
                target_index: int | str | None = None, blend: str = "poisson",
                stabilise: bool = True, size: int = RES, reconstructor=None,
                max_frames: int | None = None, progress: bool = True, annotate: bool = False,
-               measure: bool = True, detect_every: int = 5, backend: str = "numba",
-               correction_alpha: float = 0.25,
+               measure: bool = True, detect_every: int = 1, backend: str = "numba",
+               correction_alpha: float = 0.25, smooth_geometry: bool | None = None,
+               smooth_tint: bool | None = None,
                on_frame: Callable[[int, np.ndarray, np.ndarray, np.ndarray | None], None]
                | None = None) -> SwapVideoSummary:
     """The source face on the target face of every frame of a video.
@@ -1009,8 +1059,12 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
     ``stabilise``: One Euro smoothing of the target's position map, and the Poisson
     correction smoothed per vertex over time (see :class:`_Correction`); off = every frame on
     its own, as PRNet's photo demo does. Frames without a target face are written unchanged
-    and counted. ``.avi`` / ``.mkv`` are written losslessly (FFV1), ``.mp4`` with mp4v.
+    and counted; ``detect_every`` = 1 (default) checks every frame with the detector (~10 ms
+    at 512²), so a cut or a blank frame is never given a face (see :func:`_confirmed`).
+    ``.avi`` / ``.mkv`` are written losslessly (FFV1), ``.mp4`` with mp4v.
     ``on_frame(index, input, output, mask | None)`` sees every frame (tests, previews).
+    ``smooth_geometry`` / ``smooth_tint`` switch the two halves of ``stabilise`` separately
+    (for measuring what each one buys).
     """
     from .video.capture import open_source
     from .video.smoothing import FaceSmoother
@@ -1019,6 +1073,8 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
     if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; choose from {', '.join(BLENDS)}")
     recon = reconstructor or default_reconstructor()
+    smooth_geometry = stabilise if smooth_geometry is None else smooth_geometry
+    smooth_tint = stabilise if smooth_tint is None else smooth_tint
     target_video = Path(target_video)
     out_path = Path(out_path)
     if isinstance(source, (FaceTexture, SwapSource)):
@@ -1061,7 +1117,7 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
             dets = tracker.detect(frame)
             faces = recon.reconstruct_detections(frame, dets)
             tracker.update(faces, frame.shape)
-            faces = [f for f in faces if f.detection is None or "lost" not in f.detection.extra]
+            faces = [f for f in faces if _confirmed(tracker, f)]
             face = _pick_target(faces, target_index, chosen)
             t1 = time.perf_counter()
             out, mask = frame, None
@@ -1069,14 +1125,17 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
                 if face.track_id != chosen:
                     correction.reset()
                 chosen = face.track_id
-                if stabilise:
+                if smooth_geometry:
                     face = smoother([face], index / max(src_source.fps, 1e-3))[0]
                 rendered = render_swap(face, prepared, region, backend)
                 t2 = time.perf_counter()
-                out, mask = blend_rendered(frame, rendered, blend, color_match=blend == "alpha")
-                if stabilise and blend == "poisson" and rendered.mask.any():
-                    out = correction.apply(frame, out, rendered, face.vertices, face.triangles,
-                                           int(chosen if chosen is not None else -1))
+                if smooth_tint and blend == "poisson" and rendered.mask.any():
+                    out = correction.apply(frame, rendered, face.vertices, face.triangles,
+                                           -1 if chosen is None else int(chosen))
+                    mask = rendered.full()[1]
+                else:
+                    out, mask = blend_rendered(frame, rendered, blend,
+                                               color_match=blend == "alpha")
                 t3 = time.perf_counter()
                 times["render"].append(t2 - t1)
                 times["blend"].append(t3 - t2)
@@ -1088,7 +1147,7 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
                 chosen = None if target_index is None else chosen
             times["reconstruct"].append(t1 - t0)
             if meter is not None:
-                meter.add(frame, out, mask)
+                meter.add(frame, out, mask, None if face is None else face.vertices)
             if on_frame is not None:
                 on_frame(index, frame, out, mask)
             if annotate:
@@ -1112,6 +1171,25 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
     if meter is not None:
         summary.flicker = meter.stats()
     return summary
+
+
+def _confirmed(tracker, face: Face) -> bool:
+    """Whether to trust a tracked face in this frame.
+
+    PRN returns a face-shaped map for any crop, so a track that outlives its face (a cut, a
+    blank frame, the person leaving) would paint a face onto whatever is there. Where the
+    detector ran this frame, a track it did not confirm is therefore not swapped; between
+    detector runs (``detect_every`` > 1) tracking is trusted.
+    """
+    det = face.detection
+    if det is None:
+        return True
+    if "lost" in det.extra:
+        return False
+    if not tracker.detected_last:
+        return True
+    track = next((t for t in tracker.tracks if t.id == face.track_id), None)
+    return track is not None and track.misses == 0
 
 
 def _pick_target(faces: list[Face], target_index: int | str | None, chosen: int | None) -> Face | None:

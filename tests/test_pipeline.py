@@ -456,3 +456,42 @@ def test_full_videos(recon, tmp_path, video):
     # its hard faces give reconstructions too rough for the box check.
     _check_run(tmp_path, video.stem, n_src, summary, box_check="hamilton" not in video.stem)
     assert not summary.error
+
+
+def test_view3d_unavailable_is_one_line_and_leaves_nothing(recon, tmp_path, monkeypatch):
+    from realtime_prn.render import view3d
+
+    def no_gl(*a, **k):
+        raise view3d.View3DUnavailable("offscreen 3D rendering needs EGL (test)")
+
+    monkeypatch.setattr(view3d.MeshRenderer, "__init__", no_gl)
+    src = FakeSource(_frames_of(_need(SHORT), 3))
+    with pytest.raises(view3d.View3DUnavailable):
+        Pipeline(recon, PipelineConfig(source=src, output=tmp_path, view3d=True, progress=False),
+                 log=lambda m: None).run()
+    assert src.released and not list(tmp_path.iterdir()) and not _pipeline_threads()
+    # Without --view3d nothing touches OpenGL: the same run goes on in 2D.
+    src = FakeSource(_frames_of(SHORT, 3))
+    summary = Pipeline(recon, PipelineConfig(source=src, output=tmp_path, progress=False),
+                       log=lambda m: None).run()
+    assert summary.frames == 3
+
+
+def test_window_keys_toggle_flags():
+    from types import SimpleNamespace
+
+    from realtime_prn.render.view3d import LiveWindow
+
+    win = LiveWindow.__new__(LiveWindow)  # key handling only: no display needed
+    win.flags = {"paused": False, "quit": False, "landmarks": True, "view3d": False,
+                 "view3d_mode": "beside"}
+    win.canvas = SimpleNamespace(close=lambda: None)
+    press = lambda text, name="": win._on_key(SimpleNamespace(text=text, key=SimpleNamespace(name=name)))  # noqa: E731
+    press(" ", "Space")
+    press("l")
+    press("v")
+    press("o")
+    assert win.flags["paused"] and not win.flags["landmarks"] and win.flags["view3d"]
+    assert win.flags["view3d_mode"] == "over"
+    press("q")
+    assert win.flags["quit"]

@@ -353,6 +353,8 @@ class LiveWindow:
     def show(self, image_bgr: np.ndarray) -> None:
         rgb = np.ascontiguousarray(image_bgr[..., ::-1])
         if self._tex is None or self._tex.shape[:2] != rgb.shape[:2]:
+            h, w = rgb.shape[:2]
+            self.canvas.size = (w, h)  # one window pixel per frame pixel; resizable after
             self._tex = self.gloo.Texture2D(rgb, interpolation="linear")
             self._prog["u_tex"] = self._tex
         else:

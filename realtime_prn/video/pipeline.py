@@ -42,8 +42,11 @@ from .records import JsonlWriter
 from .smoothing import FaceSmoother
 from .tracking import FaceTracker, landmark_box
 
-STAGES = ("decode", "detect", "crop", "engine", "restore", "smooth", "pose", "depth",
-          "render", "view3d", "encode", "records")
+# "detect" is every frame's detect/track step (mostly the tracker's bookkeeping);
+# "detector" only the frames where the detector itself ran, so its cost is not hidden by
+# the median over tracked frames.
+STAGES = ("decode", "detect", "detector", "crop", "engine", "restore", "smooth", "pose", "depth",
+          "render", "view3d", "encode", "display", "records")
 
 
 @dataclass
@@ -156,7 +159,7 @@ class Outputs:
         self.window = None
         self.renderer = None
         self.per_frame_files = 0
-        self._readout = ""
+        self._readout: list[str] = []
         # Window and GL first: they are what can fail (one line, View3DUnavailable), and a
         # failure must not leave an empty records file behind.
         if cfg.display:
@@ -164,8 +167,13 @@ class Outputs:
             self.window = LiveWindow(title=f"realtime-prn: {stem}", flags=self.flags)
         if cfg.view3d:
             from ..render.view3d import MeshRenderer
-            self.renderer = MeshRenderer((640, 480), view_angle=cfg.view3d_angle,
-                                         canvas=None if self.window is None else self.window.canvas)
+            try:
+                self.renderer = MeshRenderer((640, 480), view_angle=cfg.view3d_angle,
+                                             canvas=None if self.window is None else self.window.canvas)
+            except BaseException:
+                if self.window is not None:
+                    self.window.close()
+                raise
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             if cfg.records:
@@ -175,8 +183,8 @@ class Outputs:
     def wants_image(self) -> bool:
         return self.window is not None or (self.out is not None and self.cfg.annotated_video)
 
-    def set_readout(self, text: str) -> None:
-        self._readout = text
+    def set_readout(self, lines: list[str]) -> None:
+        self._readout = lines
 
     def write(self, res: FrameResult) -> dict[str, float]:
         t: dict[str, float] = {}
@@ -198,26 +206,33 @@ class Outputs:
         t["records"] = time.perf_counter() - t0
         if not self.wants_image:
             return t
-        t0 = time.perf_counter()
+        if self.renderer is None and self.window is not None and self.flags["view3d"]:
+            # 'v' in the window turns the 3D view on even when it was not asked for at start
+            from ..render.view3d import MeshRenderer
+            self.renderer = MeshRenderer((640, 480), view_angle=self.cfg.view3d_angle,
+                                         canvas=self.window.canvas)
+        # 3D first, so that in "over" mode the 2D annotations stay on top of the mesh.
         img = frame.image.copy()  # faces sample colours from the raw frame: draw on a copy
+        view = None
+        mode = self.flags.get("view3d_mode", "beside")
+        if self.renderer is not None:
+            t0 = time.perf_counter()
+            if self.flags["view3d"]:
+                from ..render.view3d import compose
+                view = self.renderer.render(res.faces, frame.image.shape)
+                if mode == "over":
+                    img = compose(img, view, "over")
+            elif mode == "beside":
+                view = np.zeros_like(img)  # keep the layout while the 3D view is toggled off
+            t["view3d"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         for face in res.faces:
             draw_face(img, face, landmarks=self.flags["landmarks"], axes=self.flags["axes"],
                       box=self.flags["boxes"], mesh_points=self.flags["mesh"])
         if self.cfg.readout:
-            draw_text(img, [self._readout] if self._readout else [])
-        panels = [img]
+            draw_text(img, self._readout)
+        panels = [img] if view is None or mode == "over" else [img, view]
         t["render"] = time.perf_counter() - t0
-        if self.renderer is not None:
-            t0 = time.perf_counter()
-            from ..render.view3d import compose
-            if self.flags["view3d"]:
-                view = self.renderer.render(res.faces, frame.image.shape)
-                mode = self.flags.get("view3d_mode", "beside")
-                panels = [compose(img, view, "over")] if mode == "over" else [img, view]
-            elif self.cfg.view3d_mode == "beside":
-                # keep the video size constant while the 3D view is toggled off
-                panels.append(np.zeros_like(img))
-            t["view3d"] = time.perf_counter() - t0
         if res.depth is not None:
             panels.append(_depth_panel(res.depth))
         composed = panels[0] if len(panels) == 1 else np.hstack(panels)
@@ -225,16 +240,19 @@ class Outputs:
         if self.out is not None and self.cfg.annotated_video:
             if self.writer is None:
                 self._open_writer(composed.shape)
-            self.writer.write(composed)
+            self.writer.write(_fit(composed, self._video_shape))
+        t["encode"] = time.perf_counter() - t0
         if self.window is not None:
+            t0 = time.perf_counter()
             self.window.show(composed)
             self.window.process_events()
-        t["encode"] = time.perf_counter() - t0
+            t["display"] = time.perf_counter() - t0
         return t
 
     def _open_writer(self, shape) -> None:
         import cv2
         h, w = shape[:2]
+        self._video_shape = (h, w)
         self.video_path = self.out / f"{self.stem}_annotated.mp4"
         part = self.video_path.with_suffix(".part.mp4")
         self.writer = cv2.VideoWriter(str(part), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
@@ -260,6 +278,22 @@ class Outputs:
         if self.window is not None:
             self.window.close()
         return files
+
+
+def _fit(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A video keeps the size of its first frame; a layout toggled in the window (3D view
+    over/beside) is padded or scaled to it rather than silently dropped by the encoder."""
+    h, w = shape
+    if img.shape[:2] == (h, w):
+        return img
+    import cv2
+    ih, iw = img.shape[:2]
+    k = min(h / ih, w / iw, 1.0)
+    if k < 1.0:
+        img = cv2.resize(img, (max(1, int(iw * k)), max(1, int(ih * k))), interpolation=cv2.INTER_AREA)
+    out = np.zeros((h, w, 3), np.uint8)
+    out[:img.shape[0], :img.shape[1]] = img
+    return out
 
 
 def _depth_panel(depth: np.ndarray) -> np.ndarray:
@@ -301,22 +335,24 @@ class Pipeline:
         t0 = time.perf_counter()
         dets: list[Detection] = self.tracker.detect(frame.image)
         t["detect"] = time.perf_counter() - t0
+        if self.tracker.detected_last:
+            t["detector"] = t["detect"]
 
         faces = self.recon.reconstruct_detections(frame.image, dets)   # crop, engine, restore
         for k in ("crop", "engine", "restore"):
             t[k] = self.recon.timings.get(k, 0.0)
 
         self.tracker.update(faces, frame.image.shape)  # raw landmarks → next frame's crop
+        faces = [f for f in faces if f.detection is None or "lost" not in f.detection.extra]
+
+        if self.flags.get("smooth"):
+            t0 = time.perf_counter()
+            faces = self.smoother(faces, frame.timestamp)
+            t["smooth"] = time.perf_counter() - t0
         for face in faces:
             if face.detection is not None and not face.detection.extra.get("confirmed"):
                 # Unless the detector just saw it, a face's box is its own landmark box.
                 face.detection.box = landmark_box(face.landmarks)
-        faces = [f for f in faces if f.detection is None or "lost" not in f.detection.extra]
-
-        t0 = time.perf_counter()
-        if self.flags.get("smooth"):
-            faces = self.smoother(faces, frame.timestamp)
-        t["smooth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         for face in faces:
@@ -324,8 +360,8 @@ class Pipeline:
         t["pose"] = time.perf_counter() - t0
 
         depth = None
-        t0 = time.perf_counter()
         if self.cfg.depth_view:
+            t0 = time.perf_counter()
             from ..geometry.depth import depth_image
             h, w = frame.image.shape[:2]
             zbuf = np.full((h, w), -np.inf, np.float32)
@@ -333,15 +369,22 @@ class Pipeline:
                 depth = depth_image(face.vertices, face.triangles, h, w, depth=zbuf)
             if depth is None:
                 depth = np.zeros((h, w), np.float32)
-        t["depth"] = time.perf_counter() - t0
+            t["depth"] = time.perf_counter() - t0
         return FrameResult(frame, faces, self.tracker.detected_last, t, depth)
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         cfg = self.cfg
+        self._stop.clear()
+        self._interrupted = False
+        self.timings = {k: [] for k in STAGES}
+        self.tracker.reset()
+        self.smoother.reset()
         source = cfg.source if hasattr(cfg.source, "read") else open_source(cfg.source)
         stem = cfg.stem or _stem_of(cfg.source, source)
-        capture = Capture(source, max_frames=cfg.max_frames)
+        # Files stop after max_frames read; live sources after max_frames *processed*
+        # (a live source drops frames, so counting reads would end a run almost at once).
+        capture = Capture(source, max_frames=None if source.live else cfg.max_frames)
         try:
             outputs = Outputs(cfg, stem, source.fps, capture.live, self.log)
         except BaseException:
@@ -358,6 +401,7 @@ class Pipeline:
         t_start = time.perf_counter()
         old_sigint = self._install_sigint()
         try:
+            self._warm_up()
             capture.start()
             total = capture.frame_count if not capture.live else None
             if cfg.progress:
@@ -388,6 +432,8 @@ class Pipeline:
                         bar.set_postfix_str(f"{_fps(out_times):.1f} fps", refresh=False)
                 if outputs.flags.get("quit"):
                     raise _Stop("quit from the window")
+                if capture.live and cfg.max_frames and summary.frames >= cfg.max_frames:
+                    raise _Stop(f"stopped after {summary.frames} frames (max frames)")
                 while outputs.flags.get("paused") and not outputs.flags.get("quit"):
                     self._check_interrupt()
                     outputs.pump()
@@ -419,11 +465,22 @@ class Pipeline:
         self._finish(summary, out_times, t_start, capture)
         msg = summary.end_reason
         if summary.error:
-            msg = f"stopped: {msg}; records up to frame {summary.frames - 1} were kept"
+            kept = (f"the {summary.frames} frame(s) before it were written" if summary.frames
+                    else "no frame was processed")
+            msg = f"stopped: {msg}; {kept}"
         elif summary.interrupted:
             msg = f"interrupted after {summary.frames} frame(s); records flushed"
         self.log(msg)
         return summary
+
+    def _warm_up(self) -> None:
+        """First calls are slow (numba loads its kernels, ONNX Runtime allocates): pay them
+        before the camera starts, not on the first live frame (measured ~0.9 s for pose)."""
+        from ..geometry.pose import estimate_pose
+        canon = self.recon.assets.canonical_vertices
+        estimate_pose(canon, canon)
+        self.recon.engine.infer(np.zeros((1, 256, 256, 3), np.float32))
+        self.tracker.detector.detect(np.zeros((64, 64, 3), np.uint8))
 
     def _install_sigint(self):
         """Ctrl-C sets a flag that the loop checks between frames, so a frame is always
@@ -508,15 +565,20 @@ class Pipeline:
             if k in self.timings:
                 self.timings[k].append(v)
 
-    def _readout(self, out_times: list[float], res: FrameResult, capture: Capture) -> str:
+    def _readout(self, out_times: list[float], res: FrameResult, capture: Capture) -> list[str]:
+        """Two short lines (they must fit a 480-px frame): rate and faces, then stage ms."""
         t = res.timings
         ms = lambda k: t.get(k, 0.0) * 1000  # noqa: E731
-        text = (f"{_fps(out_times):4.1f} fps  faces {len(res.faces)}  det {ms('detect'):.0f}  "
-                f"crop {ms('crop'):.0f}  eng {ms('engine'):.0f}  pose {ms('pose'):.0f}  "
-                f"rnd {ms('render') + ms('view3d'):.0f} ms")
+        first = f"{_fps(out_times):.1f} fps  faces {len(res.faces)}"
         if capture.live:
-            text += f"  lat {(time.perf_counter() - res.frame.captured_at) * 1000:.0f} ms"
-        return text
+            first += (f"  latency {(time.perf_counter() - res.frame.captured_at) * 1000:.0f} ms"
+                      f"  dropped {capture.dropped}")
+        if self.flags.get("smooth"):
+            first += "  smooth"
+        second = (f"ms: det {ms('detect'):.0f} crop {ms('crop'):.0f} eng {ms('engine'):.0f} "
+                  f"pose {ms('pose'):.0f} draw {ms('render') + ms('view3d'):.0f} "
+                  f"enc {ms('encode'):.0f}")
+        return [first, second]
 
     def _finish(self, summary: RunSummary, out_times: list[float], t_start: float,
                 capture: Capture) -> None:

@@ -1,0 +1,167 @@
+"""PRN-paper augmentation on teacher-labelled faces: one similarity warp for image AND label.
+
+Why this shape: PRN (Feng et al. 2018, section 4) trains with rotation +-45 deg, translation +-10 %,
+scale 0.9-1.2, per-channel colour scaling 0.6-1.4 and synthetic occlusion. Since a label here is
+(teacher params, ROI) rather than a label image, the augmented crop is ONE 3x3 similarity
+``M = A @ base`` from image pixels to the 256 crop; the image is warped once with it and the label
+is recomputed exactly for it by :func:`realtime_prn.training.labels.posmap_for_crop` (x, y through
+M, z multiplied by M's scale). Nothing is resampled twice, so image and label cannot drift apart.
+
+Occlusion follows the paper's spirit: 0-2 random rectangles or ellipses filled with uniform
+noise, a flat colour or a texture patch cut from elsewhere in the same crop. The label is left
+as it is (the network must hallucinate the occluded part, as PRN's does).
+
+Large-pose synthesis (300W-LP style) -- a SIMPLE version, :func:`synthesise_yaw`: the face's
+texture is sampled from the crop at the label's x, y; the position map is rotated about the
+vertical axis through the face centre by a few tens of degrees and re-rendered with the numba
+rasteriser (``geometry.depth.render_values``) over the original warped crop as background. Limits,
+stated plainly: the original face stays visible in the background where the rotated face no longer
+covers it (300W-LP re-meshes the background; we do not), and parts hidden in the source view get
+the colour of whatever was in front of them. It is off by default (``yaw_prob=0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime_prn.crop import RES, CropRegion
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges from the PRN paper; probabilities are this project's choices."""
+
+    rotation_deg: float = 45.0
+    translation: float = 0.10  # fraction of the crop side
+    scale_min: float = 0.9
+    scale_max: float = 1.2
+    colour_min: float = 0.6
+    colour_max: float = 1.4
+    occlusion_prob: float = 0.5
+    max_occluders: int = 2
+    yaw_prob: float = 0.0  # large-pose synthesis (see module docstring)
+    yaw_max_deg: float = 40.0
+
+
+NO_AUGMENT = AugmentConfig(rotation_deg=0.0, translation=0.0, scale_min=1.0, scale_max=1.0,
+                           colour_min=1.0, colour_max=1.0, occlusion_prob=0.0, yaw_prob=0.0)
+
+
+def similarity_about_centre(angle_deg: float, scale: float, shift_xy: tuple[float, float],
+                            res: int = RES) -> np.ndarray:
+    """3x3 crop -> crop similarity: rotate by ``angle_deg`` and zoom by ``scale`` about the crop
+    centre, then shift by ``shift_xy`` pixels. Positive angles turn the face counter-clockwise on screen."""
+    c = (res - 1) / 2.0
+    t = np.radians(angle_deg)
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) * scale
+    a = np.eye(3)
+    a[:2, :2] = rot
+    a[:2, 2] = np.array([c, c]) + np.asarray(shift_xy, np.float64) - rot @ np.array([c, c])
+    return a
+
+
+def random_crop_matrix(base: CropRegion, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Image -> crop 3x3 similarity: the base region's matrix, then a random PRN-paper similarity."""
+    angle = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)
+    scale = rng.uniform(cfg.scale_min, cfg.scale_max)
+    shift = rng.uniform(-cfg.translation, cfg.translation, size=2) * RES
+    return similarity_about_centre(angle, scale, (shift[0], shift[1])) @ base.matrix(RES)
+
+
+def warp_crop(image_bgr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The 256 crop as float32 RGB [0, 1], warped exactly as ``crop.crop_faces`` does (zero border)."""
+    crop = cv2.warpAffine(image_bgr, np.asarray(matrix, np.float64)[:2], (RES, RES),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
+
+
+def colour_scale(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Per-channel multiplicative colour jitter, clipped back to [0, 1]."""
+    if cfg.colour_min == cfg.colour_max == 1.0:
+        return crop
+    gains = rng.uniform(cfg.colour_min, cfg.colour_max, size=3).astype(np.float32)
+    return np.clip(crop * gains, 0.0, 1.0)
+
+
+def occlude(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Paste 1..max_occluders rectangles/ellipses of noise, flat colour or a texture patch."""
+    if cfg.occlusion_prob <= 0 or rng.random() >= cfg.occlusion_prob:
+        return crop
+    out = crop.copy()
+    for _ in range(int(rng.integers(1, cfg.max_occluders + 1))):
+        w, h = (rng.uniform(0.1, 0.4, size=2) * RES).astype(int)
+        x0, y0 = int(rng.integers(0, RES - w)), int(rng.integers(0, RES - h))
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            fill = rng.random((h, w, 3), dtype=np.float32)
+        elif kind == 1:
+            fill = np.broadcast_to(rng.random(3, dtype=np.float32), (h, w, 3))
+        else:  # texture: a patch of the same crop, flipped so it is not a copy in place
+            sx, sy = int(rng.integers(0, RES - w)), int(rng.integers(0, RES - h))
+            fill = crop[sy : sy + h, sx : sx + w][::-1, ::-1]
+        if rng.random() < 0.5:
+            mask = np.ones((h, w), bool)
+        else:
+            yy, xx = np.mgrid[0:h, 0:w]
+            mask = ((xx - (w - 1) / 2) / (w / 2)) ** 2 + ((yy - (h - 1) / 2) / (h / 2)) ** 2 <= 1.0
+        region = out[y0 : y0 + h, x0 : x0 + w]
+        region[mask] = fill[mask]
+    return out
+
+
+def synthesise_yaw(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray, triangles: np.ndarray,
+                   yaw_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Re-render the textured face turned by ``yaw_deg`` about its vertical axis (simple 300W-LP).
+
+    ``triangles`` index ``np.flatnonzero(covered)`` (``assets.grid_triangles(covered)``). Returns the
+    new crop and the new position map (z shifted to min 0 over covered pixels again).
+    """
+    from realtime_prn.geometry.depth import render_values
+
+    idx = np.flatnonzero(covered.reshape(-1))
+    pts = posmap.reshape(-1, 3)[idx].astype(np.float64)
+    map_x = pts[:, 0].astype(np.float32).reshape(1, -1)
+    map_y = pts[:, 1].astype(np.float32).reshape(1, -1)
+    tex = cv2.remap(crop, map_x, map_y,
+                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)[0]
+    centre = pts.mean(axis=0)
+    t = np.radians(yaw_deg)
+    # y is down in the crop and z toward the camera: a yaw turns x and z about the vertical axis.
+    rot = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+    new = (pts - centre) @ rot.T + centre
+    img, depth = render_values(new.astype(np.float32), triangles, tex, RES, RES)
+    drawn = np.isfinite(depth)[..., None]
+    out_img = np.where(drawn, img, crop).astype(np.float32)
+    new[:, 2] -= new[:, 2].min()
+    out_pos = np.zeros((RES * RES, 3), np.float32)
+    out_pos[idx] = new
+    return out_img, out_pos.reshape(RES, RES, 3)
+
+
+def augment_sample(
+    image_bgr: np.ndarray,
+    params: np.ndarray,
+    roi: np.ndarray,
+    base: CropRegion,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    decoder: object,
+    yaw_triangles: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training pair: (crop 256x256x3 RGB [0,1], position map 256x256x3, 3x3 image->crop matrix).
+
+    ``decoder`` is a :class:`realtime_prn.training.labels.PosmapDecoder`. With :data:`NO_AUGMENT`
+    this is exactly the inference crop of ``base`` and its label (used for validation).
+    """
+    m = random_crop_matrix(base, rng, cfg)
+    crop = warp_crop(image_bgr, m)
+    pos = decoder.posmap(params, roi, m)
+    if cfg.yaw_prob > 0 and yaw_triangles is not None and rng.random() < cfg.yaw_prob:
+        yaw = rng.uniform(-cfg.yaw_max_deg, cfg.yaw_max_deg)
+        crop, pos = synthesise_yaw(crop, pos, decoder.covered, yaw_triangles, yaw)
+    crop = colour_scale(crop, rng, cfg)
+    crop = occlude(crop, rng, cfg)
+    return crop.astype(np.float32), pos.astype(np.float32), m
