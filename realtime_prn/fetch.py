@@ -6,12 +6,11 @@ the public sources the files were copied from, byte for byte.
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import urllib.request
 from pathlib import Path
 
-from .paths import data_root
+from .paths import data_root, sha256_file
 
 _PRN = "https://raw.githubusercontent.com/YadiraF/PRNet/fc12fe5e1f1462bdea52409b213d0cf1c8cf6c5b/Data"
 _3DDFA = "https://raw.githubusercontent.com/cleardusk/3DDFA/3545f355bfc71e5748fa915b13932958363135d7"
@@ -64,12 +63,7 @@ OFFICIAL_DATA = ("prn/256_256_resfcn256_weight.data-00000-of-00001",
                  None)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_file
 
 
 def fetch(dest=None, official: bool = False) -> int:

@@ -44,3 +44,14 @@ def engines_dir() -> Path:
     path = Path(env).expanduser() if env else PROJECT_ROOT / "engines"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Streamed sha256: the key for every cache and download check in the project."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -15,7 +15,6 @@ square tiles.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ from realtime_prn.detectors import (
     check_frame,
 )
 from realtime_prn.detectors.base import Detection
-from realtime_prn.paths import PROJECT_ROOT, engines_dir
+from realtime_prn.paths import PROJECT_ROOT, engines_dir, sha256_file
 
 # --- where the model comes from ---------------------------------------------------------------
 MEDIAPIPE_VERSION = "0.10.21"
@@ -81,11 +80,7 @@ def onnx_path() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _last_line(text: str) -> str:

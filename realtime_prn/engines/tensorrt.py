@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import engines_dir
+from ..paths import engines_dir, sha256_file
 from .base import check_batch
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -37,11 +37,7 @@ def _import_trt():
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 class _Cuda:

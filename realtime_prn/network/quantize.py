@@ -9,24 +9,18 @@ The result is cached beside the fp32 model, keyed by that model's sha256.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..paths import data_root
+from ..paths import data_root, sha256_file
 
 CALIBRATION_VERSION = 1
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file
 
 
 def calibration_crops(n: int = 64, root=None, seed: int = 0) -> np.ndarray:
