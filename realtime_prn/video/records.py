@@ -12,7 +12,7 @@ def face_record(face, face_id: int | None = None) -> dict:
         "id": face.track_id if face_id is None else face_id,
         "box": None if face.box is None else [round(float(v), 2) for v in face.box[:4]],
         "score": None if face.detection is None else round(float(face.detection.score), 4),
-        "landmarks": np.round(face.landmarks, 2).tolist(),
+        "landmarks": np.round(face.landmarks.astype(np.float64), 2).tolist(),
         "pose": {"pitch": round(p.pitch, 3), "yaw": round(p.yaw, 3), "roll": round(p.roll, 3)},
         "translation": [round(float(v), 3) for v in p.translation],
         "scale": round(float(p.scale), 6),
