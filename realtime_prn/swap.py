@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -35,6 +36,12 @@ from .errors import NoFaceError, VideoError
 from .face import Face
 from .geometry.depth import render_values
 from .paths import data_file
+
+if TYPE_CHECKING:
+    from .api import FaceReconstructor
+    from .video.tracking import FaceTracker
+
+ImageLike = np.ndarray | str | os.PathLike
 
 MODES = ("eyes", "mouth", "face", "mask")
 BLENDS = ("poisson", "alpha")
@@ -283,7 +290,7 @@ def as_uv_mask(mask: np.ndarray | str | os.PathLike, size: int) -> np.ndarray:
     return m > 0
 
 
-def _read_uv_image(src, what: str, flags: int) -> np.ndarray:
+def _read_uv_image(src: ImageLike, what: str, flags: int) -> np.ndarray:
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_file():
@@ -322,7 +329,7 @@ def _eye_mask(data_root: str | None) -> np.ndarray:
     return diff
 
 
-def uv_region(mode: str, assets: UVAssets, size: int = RES, mask=None,
+def uv_region(mode: str, assets: UVAssets, size: int = RES, mask: ImageLike | None = None,
               data_root: str | os.PathLike | None = None) -> np.ndarray:
     """The UV texels a mode edits (S×S bool), always inside the UV face mask.
 
@@ -361,9 +368,11 @@ def uv_region(mode: str, assets: UVAssets, size: int = RES, mask=None,
     return region
 
 
-def edit_texture(target_face: Face, mode: str, source_texture=None, source_image=None,
-                 mask=None, *, source_face: Face | None = None, size: int = RES,
-                 reconstructor=None, data_root: str | os.PathLike | None = None) -> TextureEdit:
+def edit_texture(target_face: Face, mode: str, source_texture: ImageLike | None = None,
+                 source_image: ImageLike | None = None, mask: ImageLike | None = None, *,
+                 source_face: Face | None = None, size: int = RES,
+                 reconstructor: FaceReconstructor | None = None,
+                 data_root: str | os.PathLike | None = None) -> TextureEdit:
     """Replace one UV region of the target's texture with the source's.
 
     The source is one of: ``source_texture`` (a UV texture array or file, see
@@ -817,7 +826,8 @@ def swap_region(assets: UVAssets, tex: SwapSource | FaceTexture, erode: int = 2)
     return region & valid
 
 
-def largest_face(image, reconstructor=None, what: str = "image") -> Face:
+def largest_face(image: ImageLike, reconstructor: FaceReconstructor | None = None,
+                 what: str = "image") -> Face:
     """The largest face of a photo (array or path); ``NoFaceError`` naming ``what`` if none."""
     recon = reconstructor or default_reconstructor()
     faces = recon.reconstruct(image)
@@ -850,7 +860,7 @@ def select_faces(faces: list[Face], index: int | str | None) -> list[Face]:
 _RECON = None
 
 
-def default_reconstructor():
+def default_reconstructor() -> FaceReconstructor:
     """One CPU reconstructor per process, built on first use (engine start-up is slow)."""
     global _RECON
     if _RECON is None:
@@ -1042,9 +1052,11 @@ def _annotate(img: np.ndarray, text: str) -> None:
     draw_text(img, [text])
 
 
-def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathLike, *,
+def swap_video(source: ImageLike | Face | FaceTexture | SwapSource, target_video: str | os.PathLike,
+               out_path: str | os.PathLike, *,
                target_index: int | str | None = None, blend: str = "poisson",
-               stabilise: bool = True, size: int = RES, reconstructor=None,
+               stabilise: bool = True, size: int = RES,
+               reconstructor: FaceReconstructor | None = None,
                max_frames: int | None = None, progress: bool = True, annotate: bool = False,
                measure: bool = True, detect_every: int = 1, backend: str = "numba",
                correction_alpha: float = 0.25, smooth_geometry: bool | None = None,
@@ -1053,9 +1065,10 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
                | None = None) -> SwapVideoSummary:
     """The source face on the target face of every frame of a video.
 
-    ``source``: a photo (path or array; its largest face), a :class:`Face` or a ready
-    :class:`FaceTexture`. ``target_index``: None = the largest face (kept while its track
-    lives, so two similar faces do not swap roles), an int = that face from the left.
+    ``source``: a photo (path or array; its largest face), a :class:`Face`, a prepared
+    :class:`SwapSource` or a finished :class:`FaceTexture`. ``target_index``: None = the
+    largest face (kept while its track lives, so two similar faces do not swap roles), an
+    int = that face from the left.
     ``stabilise``: One Euro smoothing of the target's position map, and the Poisson
     correction smoothed per vertex over time (see :class:`_Correction`); off = every frame on
     its own, as PRNet's photo demo does. Frames without a target face are written unchanged
@@ -1144,7 +1157,7 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
                 summary.no_face += 1
                 summary.no_face_frames.append(index)
                 correction.reset()
-                chosen = None if target_index is None else chosen
+                chosen = None
             times["reconstruct"].append(t1 - t0)
             if meter is not None:
                 meter.add(frame, out, mask, None if face is None else face.vertices)
@@ -1173,7 +1186,7 @@ def swap_video(source, target_video: str | os.PathLike, out_path: str | os.PathL
     return summary
 
 
-def _confirmed(tracker, face: Face) -> bool:
+def _confirmed(tracker: FaceTracker, face: Face) -> bool:
     """Whether to trust a tracked face in this frame.
 
     PRN returns a face-shaped map for any crop, so a track that outlives its face (a cut, a

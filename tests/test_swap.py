@@ -317,8 +317,8 @@ def test_cli_bad_inputs_one_error_line(case, eval_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_video_stabilisation_reduces_flicker(recon, eval_dir, tmp_path):
-    """120 frames with and without stabilisation (measured on the first 60: surface change
-    5.7 → 2.7 levels/frame, mask jitter 0.028 → 0.021)."""
+    """120 frames with and without stabilisation (measured: surface change 5.6 → 2.6
+    levels/frame, mask jitter 0.028 → 0.021, consecutive-mask IoU 0.976 → 0.982)."""
     stats = {}
     for stab in (False, True):
         s = S.swap_video(eval_dir / "images" / "prnet_trump.jpg", eval_dir / "videos" / CLIP,

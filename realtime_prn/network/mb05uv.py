@@ -116,10 +116,11 @@ def _keras_layers() -> tuple[type, type]:
         Layout for speed: the camera and similar_transform are folded into the coefficients, so the
         whole map is one matmul ``(N, 3, 154) @ (154, 65536)`` against a constant whose rows are,
         per axis d, [mean_d, basis_d (50)] and finally the covered mask (which carries the
-        offset, so uncovered pixels come out exactly 0 with no masking pass). The result is
-        channel-major, so every per-pixel op runs over contiguous memory; one transpose makes it NHWC.
-        z's min needs z first: a (N, 1, 154) product, 1/3 of the main one, whose min goes into the
-        z offset before the main product.
+        offset, so uncovered pixels come out exactly 0). The result is channel-major, so the
+        per-pixel ops (the masked z min and the z shift) run over contiguous memory; one transpose
+        makes it NHWC. On 2 CPU cores this is ~1.5-2x faster in ONNX Runtime than the
+        straightforward interleaved (N, 65536, 3) formulation, whose broadcasts over a last axis
+        of 3 are slow.
         """
 
         def __init__(self, ub: UVBasis, p_mean: np.ndarray, p_std: np.ndarray, **kw: object) -> None:
