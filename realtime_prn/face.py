@@ -89,6 +89,4 @@ class Face:
 
     def texture_visibility(self, size: int = 256) -> np.ndarray:
         """size×size bool: texels on the face and not hidden by the face itself."""
-        return _texture.uv_visibility(self.position_map, self.assets.face_mask, self.vertices,
-                                      self.triangles, self.image.shape[:2], size,
-                                      zbuf=np.where(np.isfinite(self.zbuffer), self.zbuffer, 0))
+        return _texture.uv_visibility(self.position_map, self.assets.face_mask, self.zbuffer, size)

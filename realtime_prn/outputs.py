@@ -32,9 +32,10 @@ class OutputKinds:
 
 
 def uv_coordinates(face: Face) -> np.ndarray:
-    """Per-vertex texture coordinates (u right, v up) of the face_ind pixels."""
+    """Per-vertex texture coordinates (u right, v up): the centre of each vertex's texel,
+    since texel (x, y) of :meth:`Face.texture` is sampled at position-map pixel (x, y)."""
     ind = face.assets.face_ind
-    return np.stack([(ind % 256) / 255.0, 1.0 - (ind // 256) / 255.0], 1)
+    return np.stack([(ind % 256 + 0.5) / 256.0, 1.0 - (ind // 256 + 0.5) / 256.0], 1)
 
 
 def write_face(face: Face, stem: Path, kinds: OutputKinds) -> list[Path]:

@@ -35,6 +35,7 @@ from .assets import RES, UVAssets
 from .errors import NoFaceError, VideoError
 from .face import Face
 from .geometry.depth import render_values
+from .geometry.texture import visible_texels
 from .paths import data_file
 
 if TYPE_CHECKING:
@@ -142,17 +143,7 @@ def _visibility_against(pos: np.ndarray, zbuf: np.ndarray, offset: tuple[int, in
                         fmask: np.ndarray, tolerance: float = 2.0) -> np.ndarray:
     """:func:`texel_visibility` against any z-buffer (−inf = empty) placed at ``offset``,
     so the render's own depth crop serves and no second raster is needed."""
-    h, w = zbuf.shape
-    x0 = np.floor(pos[..., 0]).astype(np.int64) - offset[0]
-    y0 = np.floor(pos[..., 1]).astype(np.int64) - offset[1]
-    inside = (x0 >= 0) & (x0 < w - 1) & (y0 >= 0) & (y0 < h - 1)
-    xc, yc = np.clip(x0, 0, max(w - 2, 0)), np.clip(y0, 0, max(h - 2, 0))
-    near = np.full(pos.shape[:2], np.inf, np.float32)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            z = zbuf[np.minimum(yc + dy, h - 1), np.minimum(xc + dx, w - 1)]
-            near = np.minimum(near, np.where(np.isfinite(z), z, np.inf))
-    return fmask & inside & np.isfinite(near) & (pos[..., 2] >= near - tolerance)
+    return visible_texels(pos, zbuf, fmask, offset, tolerance)
 
 
 class SwapSource:

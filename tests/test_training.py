@@ -214,3 +214,26 @@ def test_resume_is_exact(tmp_path, decoder, basis, assets):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
     for a, b in zip(full.opt.variables, resumed.opt.variables):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+def test_yaw_synthesis_is_identity_at_zero_and_turns_the_face(decoder, basis, assets):
+    """The simple 300W-LP-style re-render: yaw 0 keeps map and face pixels; yaw 30 turns the map."""
+    from realtime_prn.assets import grid_triangles
+    from realtime_prn.training.augment import synthesise_yaw
+    from realtime_prn.training.labels import teacher_landmarks
+    q = _synthetic_params(1, seed=9)[0]
+    roi = np.array([60.0, 60.0, 240.0, 240.0])
+    m = region_from_landmarks(teacher_landmarks(q, roi, basis[1])[:2].T).matrix()
+    pos = decoder.posmap(q, roi, m)
+    yy, xx = np.mgrid[0:256, 0:256]
+    crop = np.stack([xx / 255, yy / 255, np.full_like(xx, 0.5, dtype=float)], -1).astype(np.float32)
+    tris = grid_triangles(decoder.covered)
+    img0, pos0 = synthesise_yaw(crop, pos, decoder.covered, tris, 0.0)
+    np.testing.assert_allclose(pos0, pos, atol=1e-3)
+    assert np.abs(img0 - crop).mean() < 0.01
+    _, pos30 = synthesise_yaw(crop, pos, decoder.covered, tris, 30.0)
+    kx = assets.kpt_ind
+    a, b = pos[kx[1], kx[0]], pos30[kx[1], kx[0]]
+    eye_gap = lambda p: np.linalg.norm(p[45, :2] - p[36, :2])  # outer eye corners
+    assert eye_gap(b) < 0.95 * eye_gap(a)  # foreshortened by the turn
+    assert pos30[decoder.covered, 2].min() == pytest.approx(0.0, abs=1e-3)

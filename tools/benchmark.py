@@ -99,7 +99,7 @@ def bench_engines(args) -> None:
             row = f"{label:34s}"
             for b in args.batches:
                 batch = np.concatenate([crops] * (b // len(crops) + 1))[:b]
-                ms = timeit(lambda: eng.infer(batch), args.runs) * 1000 / b
+                ms = timeit(lambda e=eng, x=batch: e.infer(x), args.runs) * 1000 / b
                 if label.startswith("tensorflow"):
                     ref_ms[b] = ms
                 row += f"  {ms:7.2f} {ref_ms[b] / ms:6.2f}"
@@ -148,7 +148,8 @@ def bench_stages(args) -> None:
         ("reconstruct total (no detect)", fresh),
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("write .obj (colours)", lambda: write_face(face0, Path(tmp) / "f", OutputKinds(obj=True))))
+        rows.append(("write .obj (colours)",
+                     lambda: write_face(face0, Path(tmp) / "f", OutputKinds(obj=True))))
         rows.append(("write .npz", lambda: write_face(face0, Path(tmp) / "f", OutputKinds(npz=True))))
         print(f"\n== per-face stage costs on a real photo ({img.shape[1]}x{img.shape[0]}), median ms ==")
         for name, fn in rows:

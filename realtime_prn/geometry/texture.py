@@ -8,8 +8,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .depth import depth_image
-
 
 def _scaled_maps(pos: np.ndarray, size: int) -> np.ndarray:
     if size == pos.shape[0]:
@@ -25,18 +23,31 @@ def uv_texture(image: np.ndarray, pos: np.ndarray, size: int = 256,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def uv_visibility(pos: np.ndarray, face_mask: np.ndarray, vertices: np.ndarray,
-                  triangles: np.ndarray, image_shape: tuple[int, int], size: int = 256,
-                  tolerance: float = 2.0, zbuf: np.ndarray | None = None) -> np.ndarray:
-    """Texels that lie on the face mask and are the nearest surface at their pixel."""
-    h, w = image_shape
-    if zbuf is None:
-        zbuf = depth_image(vertices, triangles, h, w)
+def visible_texels(pos: np.ndarray, zbuf: np.ndarray, fmask: np.ndarray,
+                   offset: tuple[int, int] = (0, 0), tolerance: float = 2.0) -> np.ndarray:
+    """Texels on ``fmask`` that are the nearest surface at one of their 4 nearest pixels.
+
+    Not the rounded pixel alone: on a surface seen at a grazing angle z changes by many
+    units per pixel, so half a pixel of rounding would hide texels plainly in view. ``zbuf``
+    is −inf (or 0) where empty and may be a crop placed at ``offset`` in frame pixels.
+    """
+    h, w = zbuf.shape
+    x0 = np.floor(pos[..., 0]).astype(np.int64) - offset[0]
+    y0 = np.floor(pos[..., 1]).astype(np.int64) - offset[1]
+    inside = (x0 >= 0) & (x0 < w - 1) & (y0 >= 0) & (y0 < h - 1)
+    xc, yc = np.clip(x0, 0, max(w - 2, 0)), np.clip(y0, 0, max(h - 2, 0))
+    near = np.full(pos.shape[:2], np.inf, np.float32)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            z = zbuf[np.minimum(yc + dy, h - 1), np.minimum(xc + dx, w - 1)]
+            near = np.minimum(near, np.where(np.isfinite(z) & (z != 0), z, np.inf))
+    return fmask & inside & np.isfinite(near) & (pos[..., 2] >= near - tolerance)
+
+
+def uv_visibility(pos: np.ndarray, face_mask: np.ndarray, zbuf: np.ndarray, size: int = 256,
+                  tolerance: float = 2.0) -> np.ndarray:
+    """size×size texels that lie on the face mask and are not hidden by the face itself."""
     maps = _scaled_maps(np.asarray(pos, np.float32), size)
     mask = face_mask if size == face_mask.shape[0] else cv2.resize(
         face_mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-    x = np.round(maps[..., 0]).astype(np.int64)
-    y = np.round(maps[..., 1]).astype(np.int64)
-    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    z = zbuf[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)]
-    return mask & inside & (z > 0) & (maps[..., 2] >= z - tolerance)
+    return visible_texels(maps, zbuf, mask, tolerance=tolerance)
