@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import engines_dir
+from .paths import PROJECT_ROOT, engines_dir
+from .paths import data_root as resolve_data_root
 
 ENV_WEIGHTS = "REALTIME_PRN_WEIGHTS"
 DEFAULT_WEIGHTS = "mb05uv"
@@ -103,8 +106,20 @@ def onnx_model(spec: WeightsSpec, data_root=None, log=print) -> Path:
     if spec.kind == "onnx":
         return spec.path
     if spec.kind == "mb05uv":
-        from .network.export import build_mb05uv_onnx
-        return build_mb05uv_onnx()
+        from .network.export import build_mb05uv_onnx, mb05uv_onnx_is_current
+        if not mb05uv_onnx_is_current(data_root) and "tensorflow" not in sys.modules:
+            # Build in a child: TensorFlow stays out of this process (it cannot share one
+            # with Mesa's EGL, which the 3D view needs), and its memory goes when it exits.
+            log("building the mb05uv ONNX model (once, about 30 s) ...")
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+            env["REALTIME_PRN_DATA"] = str(resolve_data_root(data_root))
+            env["REALTIME_PRN_ENGINES"] = str(engines_dir())
+            res = subprocess.run([sys.executable, "-m", "realtime_prn.network.export"],
+                                 capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
+            if res.returncode != 0:
+                last = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()[-1]
+                raise WeightsError(f"cannot build the mb05uv model: {last}")
+        return build_mb05uv_onnx(data_root=data_root)
     from .network.export import keras_to_onnx
     data = Path(str(spec.path) + ".data-00000-of-00001")
     out = engines_dir() / f"resfcn256-{_digest(Path(str(spec.path) + '.index'), data)}.onnx"

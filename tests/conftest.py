@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,29 @@ from realtime_prn.paths import data_root
 SHARED = data_root()
 
 
+ROOT = Path(__file__).resolve().parent.parent
+CHILD_ENV = "REALTIME_PRN_TEST_CHILD"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (full videos, full evaluation)")
+    config.addinivalue_line("markers", "isolated: runs in a fresh Python process (EGL/vispy tests: "
+                                       "Mesa and TensorFlow cannot share one process)")
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """Run ``isolated`` tests in a child pytest so other tests' TensorFlow never meets EGL."""
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(CHILD_ENV):
+        return None
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          pyfuncitem.nodeid], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, CHILD_ENV: "1"}, timeout=900)
+    if res.returncode == 0 and " passed" not in res.stdout and "skipped" in res.stdout:
+        reason = [ln for ln in res.stdout.splitlines() if ln.startswith("SKIPPED")]
+        pytest.skip(reason[-1] if reason else "skipped in the child process")
+    if res.returncode != 0:
+        pytest.fail(f"isolated run failed:\n{(res.stdout + res.stderr)[-4000:]}", pytrace=False)
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,7 @@ def egl():
         pytest.skip(f"offscreen 3D view unavailable here: {reason}")
 
 
+@pytest.mark.isolated
 def test_view3d_renders_face(recon, egl, tmp_path):
     from realtime_prn.render.view3d import MeshRenderer
 

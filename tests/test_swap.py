@@ -157,6 +157,7 @@ def test_edit_modes_with_user_texture_and_mask(recon, photos, tmp_path):
             assert np.nonzero(diff)[0].max() < face.landmarks[8, 1]
 
 
+@pytest.mark.isolated
 def test_numba_render_matches_vispy(recon, photos):
     from realtime_prn.render.view3d import egl_available
     why = egl_available()

@@ -94,6 +94,20 @@ def _combined(hashes: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
 
 
+def mb05uv_onnx_is_current(data_root: str | os.PathLike | None = None) -> bool:
+    """True when the cached ONNX exists and was built from exactly today's inputs and code."""
+    path = engines_dir() / ONNX_NAME
+    side = path.with_suffix(path.suffix + ".json")
+    if not (path.exists() and side.exists()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False  # unreadable sidecar: rebuild
+    return (meta.get("source_sha256") == _combined(mb05uv_source_hashes(data_root))
+            and meta.get("onnx_sha256") == _sha256_file(path))
+
+
 def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None = None) -> Path:
     """``engines_dir()/mb05uv_fp32.onnx``, rebuilt only when missing, altered, or from other sources.
 
@@ -104,13 +118,8 @@ def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None =
     side = path.with_suffix(path.suffix + ".json")
     hashes = mb05uv_source_hashes(data_root)
     source = _combined(hashes)
-    if not force and path.exists() and side.exists():
-        try:
-            meta = json.loads(side.read_text())
-            if meta.get("source_sha256") == source and meta.get("onnx_sha256") == _sha256_file(path):
-                return path
-        except (OSError, ValueError):
-            pass  # unreadable sidecar: rebuild
+    if not force and mb05uv_onnx_is_current(data_root):
+        return path
     import tensorflow as tf
     import tf2onnx
 

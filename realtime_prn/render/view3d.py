@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -45,6 +46,10 @@ def use_backend(display: bool) -> str:
     global _APP
     if display and not _display_available():
         raise View3DUnavailable("no display (DISPLAY is not set); run with --no-display")
+    if "tensorflow" in sys.modules:
+        # TensorFlow's bundled LLVM and Mesa's (llvmpipe) crash one process that loads both.
+        raise View3DUnavailable("the 3D view cannot share a process with TensorFlow (its LLVM "
+                                "clashes with Mesa's); use --engine onnxruntime or tensorrt")
     if _APP is not None:
         if display and _APP == "egl":
             raise View3DUnavailable("the offscreen (EGL) backend is already in use in this "
@@ -294,13 +299,22 @@ def compose(view2d: np.ndarray, view3d: np.ndarray | None, mode: str = "beside",
 
 
 def egl_available() -> str | None:
-    """None when offscreen rendering works here, else the one-line reason (for tests/CLIs)."""
-    try:
-        r = MeshRenderer((32, 32))
-        r.close()
+    """None when offscreen rendering works here, else the one-line reason (for tests/CLIs).
+
+    Probed in a child process, so asking never initialises EGL in the caller (which may
+    later load TensorFlow, and the two cannot share a process).
+    """
+    import subprocess
+    code = ("from realtime_prn.render.view3d import MeshRenderer, View3DUnavailable\n"
+            "try:\n    MeshRenderer((32, 32)).close()\n"
+            "except View3DUnavailable as e:\n    print(e); raise SystemExit(3)\n")
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    if res.returncode == 0:
         return None
-    except View3DUnavailable as exc:
-        return str(exc)
+    lines = (res.stdout.strip() or res.stderr.strip() or "EGL probe crashed").splitlines()
+    return lines[-1]
 
 
 class LiveWindow:

@@ -123,10 +123,13 @@ def synthesise_yaw(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray, tr
 
     idx = np.flatnonzero(covered.reshape(-1))
     pts = posmap.reshape(-1, 3)[idx].astype(np.float64)
-    map_x = pts[:, 0].astype(np.float32).reshape(1, -1)
-    map_y = pts[:, 1].astype(np.float32).reshape(1, -1)
-    tex = cv2.remap(crop, map_x, map_y,
-                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)[0]
+    # cv2.remap maps must stay under 32767 per side: lay the n points out as rows of 256.
+    n = len(pts)
+    rows = -(-n // RES)
+    maps = np.zeros((2, rows * RES), np.float32)
+    maps[:, :n] = pts[:, :2].T
+    tex = cv2.remap(crop, maps[0].reshape(rows, RES), maps[1].reshape(rows, RES), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT).reshape(-1, 3)[:n]
     centre = pts.mean(axis=0)
     t = np.radians(yaw_deg)
     # y is down in the crop and z toward the camera: a yaw turns x and z about the vertical axis.
