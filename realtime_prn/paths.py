@@ -10,6 +10,10 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A source checkout keeps engines/ and ../shared beside the project; an installed package
+# (site-packages) keeps them under the user's cache instead.
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").exists()
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "realtime-prn"
 ENV_DATA = "REALTIME_PRN_DATA"
 ENV_ENGINES = "REALTIME_PRN_ENGINES"
 
@@ -24,7 +28,9 @@ def data_root(override: str | os.PathLike | None = None) -> Path:
     env = os.environ.get(ENV_DATA)
     if env:
         return Path(env).expanduser().resolve()
-    return (PROJECT_ROOT.parent / "shared").resolve()
+    if IN_CHECKOUT:
+        return (PROJECT_ROOT.parent / "shared").resolve()
+    return USER_CACHE / "shared"
 
 
 def data_file(*parts: str, override: str | os.PathLike | None = None) -> Path:
@@ -41,7 +47,10 @@ def data_file(*parts: str, override: str | os.PathLike | None = None) -> Path:
 def engines_dir() -> Path:
     """Built engines (ONNX, TensorRT plans, derived bases) live here, never in git."""
     env = os.environ.get(ENV_ENGINES)
-    path = Path(env).expanduser() if env else PROJECT_ROOT / "engines"
+    if env:
+        path = Path(env).expanduser()
+    else:
+        path = PROJECT_ROOT / "engines" if IN_CHECKOUT else USER_CACHE / "engines"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
