@@ -34,5 +34,4 @@ def create_engine(name: str = "onnxruntime", weights: str | WeightsSpec | None =
     if precision == "int8":
         from ..network.quantize import int8_model
         path = int8_model(path, log=log)
-    return TensorRTEngine(path, precision=precision if precision != "fp32" else "fp32",
-                          max_batch=max_batch)
+    return TensorRTEngine(path, precision=precision, max_batch=max_batch)

@@ -41,74 +41,79 @@ def _sha256(path: Path) -> str:
 
 
 class _Cuda:
-    """The handful of CUDA runtime calls the engine needs, from cuda-python or torch."""
+    """The handful of CUDA runtime calls the engine needs, from cuda-python or else torch.
+
+    Buffers are float32 device arrays of a fixed byte size; ``alloc`` returns
+    (device pointer, owner) so the torch path keeps its tensor alive.
+    """
 
     def __init__(self):
+        self.rt = None
+        self.torch = None
         try:
-            from cuda.bindings import runtime as rt  # cuda-python ≥ 12.6
+            from cuda.bindings import runtime as rt  # cuda-python >= 12.6
         except ImportError:
             try:
                 from cuda import cudart as rt
             except ImportError:
                 rt = None
-        self.rt = rt
-        if rt is None:
-            try:
-                import torch
-            except ImportError:
-                raise TensorRTUnavailable("the tensorrt engine needs cuda-python "
-                                          "(pip install cuda-python) or torch with CUDA") from None
-            self.torch = torch
+        if rt is not None:
+            self.rt = rt
+            return
+        try:
+            import torch
+        except ImportError:
+            raise TensorRTUnavailable("the tensorrt engine needs cuda-python "
+                                      "(pip install cuda-python) or torch with CUDA") from None
+        if not torch.cuda.is_available():
+            raise TensorRTUnavailable("torch sees no CUDA device")
+        self.torch = torch
+        self._owners: dict[int, object] = {}
+
+    def _check(self, result):
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            raise RuntimeError(f"CUDA call failed: {err}")
+        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
 
     def gpu_name(self) -> str:
         if self.rt is not None:
-            err, props = self.rt.cudaGetDeviceProperties(0)
-            return props.name.decode(errors="replace").strip("\x00")
+            props = self._check(self.rt.cudaGetDeviceProperties(0))
+            name = props.name
+            return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).strip("\x00")
         return self.torch.cuda.get_device_name(0)
 
     def alloc(self, nbytes: int):
         if self.rt is not None:
-            err, ptr = self.rt.cudaMalloc(nbytes)
-            if int(err) != 0:
-                raise RuntimeError(f"cudaMalloc failed: {err}")
-            return ptr, ptr
-        t = self.torch.empty(nbytes, dtype=self.torch.uint8, device="cuda")
+            ptr = self._check(self.rt.cudaMalloc(nbytes))
+            return int(ptr), ptr
+        t = self.torch.empty(nbytes // 4, dtype=self.torch.float32, device="cuda")
+        self._owners[t.data_ptr()] = t
         return t.data_ptr(), t
 
     def stream(self):
         if self.rt is not None:
-            return self.rt.cudaStreamCreate()[1]
+            return self._check(self.rt.cudaStreamCreate())
         return self.torch.cuda.current_stream().cuda_stream
 
-    def h2d(self, dst: int, src: np.ndarray, stream):
+    def h2d(self, dst: int, src: np.ndarray, stream) -> None:
         if self.rt is not None:
-            self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes,
-                                    self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+            self._check(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes,
+                                                self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
         else:
-            import ctypes
+            self._owners[dst][: src.size].copy_(self.torch.from_numpy(src.reshape(-1)))
+
+    def d2h(self, dst: np.ndarray, src: int, stream) -> None:
+        if self.rt is not None:
+            self._check(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes,
+                                                self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+        else:
             self.torch.cuda.synchronize()
-            ctypes.memmove  # noqa: B018  (torch path copies through a tensor below)
-            self._torch_copy(dst, src, to_device=True)
+            dst.reshape(-1)[:] = self._owners[src][: dst.size].cpu().numpy()
 
-    def d2h(self, dst: np.ndarray, src: int, stream):
+    def sync(self, stream) -> None:
         if self.rt is not None:
-            self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes,
-                                    self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
-        else:
-            self._torch_copy(src, dst, to_device=False)
-
-    def _torch_copy(self, ptr, host: np.ndarray, to_device: bool):
-        torch = self.torch
-        dev = self._by_ptr[ptr]
-        view = dev[: host.nbytes]
-        if to_device:
-            view.copy_(torch.from_numpy(host.view(np.uint8).reshape(-1)))
-        else:
-            host.view(np.uint8).reshape(-1)[:] = view.cpu().numpy()
-
-    def sync(self, stream):
-        if self.rt is not None:
-            self.rt.cudaStreamSynchronize(stream)
+            self._check(self.rt.cudaStreamSynchronize(stream))
         else:
             self.torch.cuda.synchronize()
 
@@ -184,8 +189,6 @@ class TensorRTEngine:
         nbytes = max_batch * 256 * 256 * 3 * 4
         self._in_ptr, self._in_keep = self.cuda.alloc(nbytes)
         self._out_ptr, self._out_keep = self.cuda.alloc(nbytes)
-        if self.cuda.rt is None:
-            self.cuda._by_ptr = {self._in_ptr: self._in_keep, self._out_ptr: self._out_keep}
         self.stream = self.cuda.stream()
         self.context.set_tensor_address(self.input_name, int(self._in_ptr))
         self.context.set_tensor_address(self.output_name, int(self._out_ptr))
@@ -197,7 +200,8 @@ class TensorRTEngine:
             chunk = np.ascontiguousarray(batch[i:i + self.max_batch])
             self.context.set_input_shape(self.input_name, chunk.shape)
             self.cuda.h2d(self._in_ptr, chunk, self.stream)
-            self.context.execute_async_v3(self.stream)
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise RuntimeError("TensorRT execution failed")
             res = np.empty_like(chunk)
             self.cuda.d2h(res, self._out_ptr, self.stream)
             self.cuda.sync(self.stream)
