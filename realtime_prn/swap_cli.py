@@ -1,4 +1,4 @@
-"""``python -m realtime_prn swap`` and ``python -m realtime_prn edit``: the CLI of ``swap.py``.
+"""``python -m realtime_prn swap`` and ``python -m realtime_prn edit``: the CLI of ``realtime_prn.swap``.
 
 Thin, like the batch CLI: parse, check what the user handed in, call ``realtime_prn.swap``,
 write one file, print one line. Every user mistake (missing file, no face in the source or

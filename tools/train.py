@@ -252,7 +252,8 @@ class Trainer:
     def __init__(self, model: object, weights: np.ndarray, train: FaceData, val: FaceData | None,
                  kpt_ind: np.ndarray, face_ind: np.ndarray, *, batch: int = 16, lr: float = 1e-4,
                  halve_every_steps: int = 0, workers: int = 2, jit: bool = False,
-                 state: TrainState | None = None, log: Callable[[str], None] = print) -> None:
+                 state: TrainState | None = None, log: Callable[[str], None] = print,
+                 bn_batches: int = 0) -> None:
         import keras
         import tensorflow as tf
 
@@ -262,6 +263,7 @@ class Trainer:
         self.kpt_ind, self.face_ind = kpt_ind, face_ind
         self.batch, self.base_lr, self.halve_every = batch, lr, halve_every_steps
         self.workers = workers
+        self.bn_batches = bn_batches
         self.state = state or TrainState()
         self.log = log
         self.w_np = weights.astype(np.float32)
@@ -375,9 +377,40 @@ class Trainer:
             self.save(out / "last.npz")
         return st
 
+    def recalibrate_bn(self, n_batches: int) -> None:
+        """Replace every BatchNorm's moving statistics by their exact average over ``n_batches``
+        augmented training batches (forward passes only).
+
+        Why: with Adam at a high lr the weights move fast and Keras' EMA statistics (momentum 0.99)
+        lag far behind. Measured at step 400 of the student run: validation NME68 31.4 % with the
+        EMA statistics, 10.6 % with per-batch statistics, 9.7 % after this recalibration. The
+        batches come from their own seeded stream, so the training data order is untouched.
+        """
+        import keras
+
+        if n_batches <= 0:
+            return
+        bns = [la for la in self.model.layers if isinstance(la, keras.layers.BatchNormalization)]
+        saved = [la.momentum for la in bns]
+        rng = np.random.default_rng([self.state.seed, 1_000_003, self.state.step])
+        fake_epoch = 1_000_000 + self.state.step
+        try:
+            for i in range(n_batches):
+                for la in bns:
+                    la.momentum = 1.0 - 1.0 / (i + 1)  # cumulative mean of the batch statistics
+                rows = rng.integers(0, len(self.train_data), self.batch)
+                x = np.stack([self.train_data.train_sample(fake_epoch, i * self.batch + k, int(r))[0]
+                              for k, r in enumerate(rows)])
+                self.model(x, training=True)
+        finally:
+            for la, mom in zip(bns, saved):
+                la.momentum = mom
+
     def _validate_and_record(self, out: Path) -> None:
         t0 = time.perf_counter()
-        rec = {"step": self.state.step, "epoch": self.state.epoch, **self.validate(), "time": time.time()}
+        self.recalibrate_bn(self.bn_batches)
+        rec = {"step": self.state.step, "epoch": self.state.epoch, **self.validate(), "time": time.time(),
+               "bn_recalibrated": self.bn_batches > 0}
         self.state.history.append(rec)
         self.log(f"val step {rec['step']}: loss {rec['val_loss']:.2f} px^2, NME68 {rec['val_nme68']:.3f} %, "
                  f"dense {rec['val_dense_nme']:.3f} % ({time.perf_counter() - t0:.0f} s)")
@@ -579,6 +612,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--val-max", type=int, default=300, help="at most this many validation images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bn-batches", type=int, default=12,
+                   help="recalibrate BatchNorm statistics on this many batches before each validation")
     p.add_argument("--workers", type=int, default=2, help="sample-building threads")
     p.add_argument("--threads", type=int, default=None, help="TF intra-op threads (default: TF's choice)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "mixed_bfloat16", "mixed_float16"))
@@ -638,7 +673,7 @@ def _main(args: argparse.Namespace) -> int:
     halve = int(round(args.halve_every * steps_per_epoch)) if args.halve_every else 0
     trainer = Trainer(model, w, train, val, a.kpt_ind, a.face_ind, batch=args.batch, lr=args.lr,
                       halve_every_steps=halve, workers=args.workers, jit=args.jit,
-                      log=lambda s: print(s, flush=True))
+                      log=lambda s: print(s, flush=True), bn_batches=args.bn_batches)
     if args.resume:
         if not (out / "last.npz").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.npz'}")

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 
 
-def _scaled_maps(pos: np.ndarray, size: int) -> np.ndarray:
+def scaled_uv_map(pos: np.ndarray, size: int) -> np.ndarray:
+    """A UV-space map (the position map) at size×size, float32 (bilinear; as is at its size)."""
+    pos = np.asarray(pos, np.float32)
     if size == pos.shape[0]:
         return pos
     return cv2.resize(pos, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -18,7 +20,7 @@ def _scaled_maps(pos: np.ndarray, size: int) -> np.ndarray:
 def uv_texture(image: np.ndarray, pos: np.ndarray, size: int = 256,
                interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """Sample ``image`` at every UV texel's frame position (size×size×C, image's dtype)."""
-    maps = _scaled_maps(np.asarray(pos, np.float32), size)
+    maps = scaled_uv_map(pos, size)
     return cv2.remap(image, maps[..., 0].copy(), maps[..., 1].copy(), interpolation,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
@@ -47,7 +49,7 @@ def visible_texels(pos: np.ndarray, zbuf: np.ndarray, fmask: np.ndarray,
 def uv_visibility(pos: np.ndarray, face_mask: np.ndarray, zbuf: np.ndarray, size: int = 256,
                   tolerance: float = 2.0) -> np.ndarray:
     """size×size texels that lie on the face mask and are not hidden by the face itself."""
-    maps = _scaled_maps(np.asarray(pos, np.float32), size)
+    maps = scaled_uv_map(pos, size)
     mask = face_mask if size == face_mask.shape[0] else cv2.resize(
         face_mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
     return visible_texels(maps, zbuf, mask, tolerance=tolerance)
