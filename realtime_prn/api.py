@@ -104,45 +104,39 @@ class FaceReconstructor:
 
     def reconstruct_detections(self, frame: np.ndarray, dets: list[Detection]) -> list[Face]:
         """The stages after detection, for callers (the video pipeline) that track faces."""
-        if not dets:
-            self.timings.update(crop=0.0, engine=0.0, restore=0.0)
-            return []
+        return self.reconstruct_frames([frame], [dets])[0]
+
+    def reconstruct_frames(self, frames: list[np.ndarray],
+                           dets: list[list[Detection]]) -> list[list[Face]]:
+        """Crop every detection of every frame, run them through the engine as one batch,
+        restore each map into its own frame. ``frames`` are BGR uint8; ``dets[i]`` are
+        frame i's faces."""
         t0 = time.perf_counter()
-        regions = [self.region(d) for d in dets]
-        batch, mats = crop_faces(frame, regions)
+        regions = [[self.region(d) for d in ds] for ds in dets]
+        crops = [crop_faces(f, rs) for f, rs in zip(frames, regions) if rs]
+        if not crops:
+            self.timings.update(crop=0.0, engine=0.0, restore=0.0)
+            return [[] for _ in frames]
+        batch = np.concatenate([c for c, _ in crops])
+        mats = np.concatenate([m for _, m in crops])
         t1 = time.perf_counter()
         pos = self.engine.infer(batch)
         t2 = time.perf_counter()
         pos = restore_position_maps(pos, mats)
         t3 = time.perf_counter()
         self.timings.update(crop=t1 - t0, engine=t2 - t1, restore=t3 - t2)
-        return [Face(position_map=pos[i], image=frame, assets=self.assets, region=regions[i],
-                     transform=mats[i], detection=dets[i]) for i in range(len(dets))]
+        out: list[list[Face]] = []
+        k = 0
+        for frame, ds, rs in zip(frames, dets, regions):
+            faces = []
+            for det, region in zip(ds, rs):
+                faces.append(Face(position_map=pos[k], image=frame, assets=self.assets,
+                                  region=region, transform=mats[k], detection=det))
+                k += 1
+            out.append(faces)
+        return out
 
     def reconstruct_batch(self, images) -> list[list[Face]]:
         """Several images, every face of every image in one engine batch."""
         frames = [read_image(im) if isinstance(im, (str, os.PathLike)) else to_bgr(im) for im in images]
-        dets = [self.detect(f) for f in frames]
-        regions, owners = [], []
-        for i, ds in enumerate(dets):
-            for d in ds:
-                regions.append(self.region(d))
-                owners.append(i)
-        out: list[list[Face]] = [[] for _ in frames]
-        if not regions:
-            return out
-        crops, mats = [], []
-        for i, f in enumerate(frames):
-            sel = [r for r, o in zip(regions, owners) if o == i]
-            if sel:
-                b, m = crop_faces(f, sel)
-                crops.append(b)
-                mats.append(m)
-        pos = restore_position_maps(self.engine.infer(np.concatenate(crops)), np.concatenate(mats))
-        k = 0
-        for i, ds in enumerate(dets):
-            for d in ds:
-                out[i].append(Face(position_map=pos[k], image=frames[i], assets=self.assets,
-                                   region=regions[k], transform=np.concatenate(mats)[k], detection=d))
-                k += 1
-        return out
+        return self.reconstruct_frames(frames, [self.detect(f) for f in frames])

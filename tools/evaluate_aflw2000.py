@@ -249,9 +249,7 @@ def run_gt(rec, ds: Dataset, batch: int) -> Run:
     several images' crops through one engine call (the same crop / restore functions)."""
     import cv2
 
-    from realtime_prn.crop import crop_faces, restore_position_maps
     from realtime_prn.detectors.base import Detection
-    from realtime_prn.face import Face
 
     n = len(ds.files)
     pred = np.full((n, 68, 3), np.nan)
@@ -265,13 +263,8 @@ def run_gt(rec, ds: Dataset, batch: int) -> Run:
         if batch == 1:
             faces = [rec.reconstruct(frames[0], landmarks=ds.gt[idx[0]][:, :2])[0]]
         else:
-            dets = [Detection(box=ev.landmark_box(ds.gt[i]), landmarks=ds.gt[i][:, :2]) for i in idx]
-            regions = [rec.region(d) for d in dets]
-            crops, mats = zip(*(crop_faces(f, [r]) for f, r in zip(frames, regions)))
-            mats = np.concatenate(mats)
-            pos = restore_position_maps(rec.engine.infer(np.concatenate(crops)), mats)
-            faces = [Face(position_map=pos[k], image=frames[k], assets=rec.assets, region=regions[k],
-                          transform=mats[k], detection=dets[k]) for k in range(len(idx))]
+            dets = [[Detection(box=ev.landmark_box(ds.gt[i]), landmarks=ds.gt[i][:, :2])] for i in idx]
+            faces = [fs[0] for fs in rec.reconstruct_frames(frames, dets)]
         for k, face in zip(idx, faces):
             pred[k] = face.landmarks
             angles[k] = face.pose.angles
