@@ -396,6 +396,8 @@ class BlazeFaceDetector:
     ) -> None:
         import onnxruntime as ort
 
+        from realtime_prn.engines.onnxruntime import session_options
+
         if model_path is None:
             path = ensure_blazeface_onnx(allow_build=False)
         else:
@@ -412,14 +414,7 @@ class BlazeFaceDetector:
         self.tile_min_score = float(tile_min_score)
         self.max_faces = max_faces
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        spin = "1" if spinning else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        opts = session_options(threads, spinning)
         try:
             self._session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]

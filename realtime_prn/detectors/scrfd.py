@@ -90,6 +90,8 @@ class ScrfdDetector:
     ) -> None:
         import onnxruntime as ort
 
+        from realtime_prn.engines.onnxruntime import session_options
+
         if model_path is None:
             raise ModelMissingError(
                 "the SCRFD detector needs model_path=<your SCRFD .onnx> (it is never downloaded)"
@@ -97,12 +99,7 @@ class ScrfdDetector:
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise ModelMissingError(f"SCRFD model {path} not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        spin = "1" if spinning else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        opts = session_options(threads, spinning)
         try:
             self._session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]

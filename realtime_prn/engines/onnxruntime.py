@@ -14,6 +14,21 @@ import numpy as np
 from .base import check_batch
 
 
+def session_options(threads: int, spinning: bool = False):
+    """Session options every ONNX Runtime session in the project uses (engine, detectors):
+    a fixed intra-op pool, one inter-op thread, and spinning off unless asked for."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    spin = "1" if spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
 class OnnxRuntimeEngine:
     name = "onnxruntime"
 
@@ -24,12 +39,7 @@ class OnnxRuntimeEngine:
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        if not spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads or (os.cpu_count() or 1), spinning)
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
