@@ -65,17 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from realtime_prn.errors import user_errors
+    from realtime_prn.errors import run_cli
     from realtime_prn.render.view3d import View3DUnavailable
 
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (*user_errors(), View3DUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: run(args), interrupted="interrupted", extra=(View3DUnavailable,))
 
 
 def run(args) -> int:

@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Texture editing in PRN's UV space."))
     args = parser.parse_args(argv)
 
-    from .errors import user_errors
-    try:
+    from .errors import run_cli
+
+    def dispatch() -> int:
         if args.command == "run":
             return run(args)
         if args.command == "setup":
@@ -208,13 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             from .fetch import fetch
             return fetch(args.dest, official=args.official)
-        if args.command in ("swap", "edit"):
-            from .swap_cli import run as run_swap_cli
-            return run_swap_cli(args)
-    except KeyboardInterrupt:
-        print("interrupted; files written so far are kept", file=sys.stderr)
-        return 130
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if not type(exc).__name__ == "NoFaceError" else 1
-    return 0
+        from .swap_cli import run as run_swap_cli
+        return run_swap_cli(args)
+
+    return run_cli(dispatch)

@@ -14,6 +14,22 @@ class NoFaceError(RuntimeError):
     """No face anywhere in the input."""
 
 
+def run_cli(fn, interrupted: str = "interrupted; files written so far are kept",
+            extra: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a CLI body: user mistakes become one ``error:`` line and exit 2 (1 when no face
+    was found), Ctrl-C exits 130 with ``interrupted``; anything else is a bug and raises."""
+    import sys
+
+    try:
+        return fn() or 0
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except (*user_errors(), *extra) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, NoFaceError) else 2
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [ImageError, DataNotFoundError, WeightsError, VideoError,
                                        NoFaceError, FileNotFoundError, ValueError]

@@ -293,15 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     build_swap_parser(sub.add_parser("swap", help="put a photo's face on a photo or video"))
     build_edit_parser(sub.add_parser("edit", help="replace a UV region of a photo's face"))
     args = parser.parse_args(argv)
-    from .errors import user_errors
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; the video written so far is kept", file=sys.stderr)
-        return 130
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1 if type(exc).__name__ == "NoFaceError" else 2
+    from .errors import run_cli
+    return run_cli(lambda: run(args), interrupted="interrupted; the video written so far is kept")
 
 
 if __name__ == "__main__":
