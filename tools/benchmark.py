@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 
 def timeit(fn, runs: int, warmup: int = 2) -> float:
+    """Median seconds of ``runs`` calls after ``warmup`` (the first calls load numba caches)."""
     for _ in range(warmup):
         fn()
     times = []

@@ -17,29 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("EGL_PLATFORM", "surfaceless")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
-
-def timeit(fn, runs: int, warmup: int = 2) -> float:
-    """Median seconds of ``runs`` calls after ``warmup`` (the first calls load numba caches)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from benchmark import timeit  # noqa: E402  (one timing rule for every benchmark)
 
 
 def _frame(video: Path, index: int) -> np.ndarray:
