@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from realtime_prn.crop import RES, region_from_landmarks  # noqa: E402
+from realtime_prn.io.atomic import atomic_open  # noqa: E402
 from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig, augment_sample  # noqa: E402
 
 CKPT_VERSION = 1
@@ -207,28 +206,14 @@ def weighted_loss_np(pred: np.ndarray, gt: np.ndarray, w: np.ndarray) -> np.ndar
 
 
 def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """np.savez via a temporary file: a crash never leaves half a checkpoint."""
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
 
 
 @dataclass

@@ -13,15 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import atomic_open
+
 
 def _atomic_text(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         write(f)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def _rows(f, arr: np.ndarray, fmt: str) -> None:

@@ -1,32 +1,26 @@
 """Arrays and text per face: .npz, .mat (like the original demo), landmarks, pose, depth PNG."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_open
 from .mesh import _atomic_text, write_png
 
 
 def write_npz(path, **arrays) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return Path(path)
 
 
 def write_mat(path, **arrays) -> Path:
     import scipy.io  # 0.4 s to import: only when a .mat is asked for
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.mat")
-    scipy.io.savemat(tmp, arrays, do_compression=True)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path, "wb") as f:
+        scipy.io.savemat(f, arrays, do_compression=True)
+    return Path(path)
 
 
 def write_landmarks(path, landmarks: np.ndarray) -> Path:

@@ -13,11 +13,11 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from realtime_prn.paths import data_file, engines_dir
+from realtime_prn.io.atomic import atomic_open
+from realtime_prn.paths import data_file, engines_dir, sha256_file
 
 OPSET = 17
 ONNX_NAME = "mb05uv_fp32.onnx"
@@ -26,26 +26,9 @@ EXPORT_VERSION = "mb05uv-export/2"
 _CODE = ("mb05.py", "mb05uv.py", "uv_basis.py", "export.py")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 def keras_to_onnx(
@@ -77,16 +60,16 @@ def mb05uv_source_hashes(data_root: str | os.PathLike | None = None) -> dict[str
     here = Path(__file__).resolve().parent
     out = {
         "export_version": hashlib.sha256(f"{EXPORT_VERSION} opset {OPSET}".encode()).hexdigest(),
-        "mb05_120x120.npz": _sha256_file(
+        "mb05_120x120.npz": sha256_file(
             data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root)
         ),
-        "param_mean_std_62d_120x120.pkl": _sha256_file(
+        "param_mean_std_62d_120x120.pkl": sha256_file(
             data_file("train", "tddfa_v2", "param_mean_std_62d_120x120.pkl", override=data_root)
         ),
         "uv_basis": source_hash(data_root),
     }
     for name in _CODE:
-        out[f"code/{name}"] = _sha256_file(here / name)
+        out[f"code/{name}"] = sha256_file(here / name)
     return out
 
 
@@ -105,7 +88,7 @@ def mb05uv_onnx_is_current(data_root: str | os.PathLike | None = None) -> bool:
     except (OSError, ValueError):
         return False  # unreadable sidecar: rebuild
     return (meta.get("source_sha256") == _combined(mb05uv_source_hashes(data_root))
-            and meta.get("onnx_sha256") == _sha256_file(path))
+            and meta.get("onnx_sha256") == sha256_file(path))
 
 
 def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None = None) -> Path:
@@ -136,7 +119,7 @@ def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None =
         "opset": OPSET,
         "source_sha256": source,
         "inputs": hashes,
-        "onnx_sha256": _sha256_file(path),
+        "onnx_sha256": sha256_file(path),
         "onnx_bytes": path.stat().st_size,
         "build_seconds": round(time.perf_counter() - t0, 2),
         "tensorflow": tf.__version__,
