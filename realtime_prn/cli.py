@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .outputs import OutputKinds
+from .outputs import KINDS, OutputKinds
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
@@ -74,9 +74,8 @@ def build_run_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _kinds(args) -> OutputKinds:
-    names = ("obj", "textured_obj", "ply", "npz", "mat", "kpt", "pose", "depth", "texture", "mask")
     k = OutputKinds(texture_size=args.texture_size,
-                    **{n: bool(args.all or getattr(args, n)) for n in names})
+                    **{n: bool(args.all or getattr(args, n)) for n in KINDS})
     if not k.any() and not args.overlay:
         k.kpt = k.pose = k.obj = True
     return k
