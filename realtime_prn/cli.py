@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .outputs import KINDS, OutputKinds
+from .weights import DEFAULT_WEIGHTS
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
@@ -23,8 +24,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="onnxruntime (CPU default; CUDA if onnxruntime-gpu is installed), "
                         "tensorflow (reference) or tensorrt (NVIDIA GPUs)")
     g.add_argument("--weights", default=None,
-                   help="'mb05uv' (built-in default), an official PRN checkpoint prefix, or an "
-                        ".onnx file; env REALTIME_PRN_WEIGHTS")
+                   help="'uvreg' (this project's trained model), 'mb05uv' (3DDFA_V2's regressor + UV "
+                        "basis), an official PRN checkpoint prefix, a uvreg .npz or an .onnx file; "
+                        f"env REALTIME_PRN_WEIGHTS; default {DEFAULT_WEIGHTS}")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp32; int8 (onnxruntime/tensorrt, quantized once and cached); fp16 (tensorrt)")
     g.add_argument("--detector", default="blazeface",

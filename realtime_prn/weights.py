@@ -6,6 +6,8 @@ The setting (``--weights`` or ``REALTIME_PRN_WEIGHTS``) accepts:
   dense BFM basis in PRN's UV layout, built locally from the shared data into ``engines/``;
 * an official PRN checkpoint prefix (``…/256_256_resfcn256_weight``, with its ``.index`` and
   ``.data-00000-of-00001``): loaded by name into resfcn256;
+* ``uvreg``: this project's own trained model (``realtime_prn/models/``, sha256-checked against
+  its manifest), or a path to any uvreg ``.npz`` written by ``tools/train.py --export``;
 * an ``.onnx`` file exported by ``build_engine.py`` (ONNX Runtime / TensorRT engines only).
 
 Anything else fails with one line saying what was expected and where to get it: random
@@ -29,13 +31,36 @@ OFFICIAL_URL = "https://drive.google.com/file/d/1UoE-XuW1SDLUjZmJPkIZ1MLxvQFgmTF
 OFFICIAL_DATA_BYTES = 160_290_984
 
 
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+UVREG_RELEASE = "uvreg"
+
+
 class WeightsError(ValueError):
     """Missing, malformed or unsuitable weights; the message is meant for the user."""
 
 
+def release_file(name: str = UVREG_RELEASE) -> Path:
+    """The committed release file for ``name``, checked against ``models/manifest.json``'s sha256."""
+    import json
+
+    manifest = MODELS_DIR / "manifest.json"
+    try:
+        entry = json.loads(manifest.read_text())[name]
+    except (OSError, ValueError, KeyError):
+        raise WeightsError(f"no released '{name}' weights in {manifest}") from None
+    path = MODELS_DIR / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"released weights missing: {path} (broken checkout? `git checkout -- {path}`)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise WeightsError(f"{path} does not match its manifest sha256 (corrupt or replaced): "
+                           f"{digest[:12]}… != {entry['sha256'][:12]}…")
+    return path
+
+
 @dataclass(frozen=True)
 class WeightsSpec:
-    kind: str            # "mb05uv" | "checkpoint" | "onnx"
+    kind: str            # "mb05uv" | "uvreg" | "checkpoint" | "onnx"
     path: Path | None = None
 
     def describe(self) -> str:
@@ -44,9 +69,15 @@ class WeightsSpec:
 
 def resolve_weights(value: str | os.PathLike | None = None) -> WeightsSpec:
     value = str(value) if value else os.environ.get(ENV_WEIGHTS) or DEFAULT_WEIGHTS
-    if value == DEFAULT_WEIGHTS:
+    if value == "mb05uv":
         return WeightsSpec("mb05uv")
+    if value == UVREG_RELEASE:
+        return WeightsSpec("uvreg", release_file())
     path = Path(value).expanduser()
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise WeightsError(f"uvreg weights not found: {path}")
+        return WeightsSpec("uvreg", path.resolve())
     if path.suffix == ".onnx":
         if not path.is_file():
             raise WeightsError(f"ONNX weights not found: {path} (build one with build_engine.py)")
@@ -66,7 +97,7 @@ def resolve_weights(value: str | os.PathLike | None = None) -> WeightsSpec:
                 f"or run `python -m realtime_prn fetch --official`)")
         return WeightsSpec("checkpoint", prefix.resolve())
     raise WeightsError(
-        f"weights not found: {value!r}. Expected '{DEFAULT_WEIGHTS}' (built in), an official "
+        f"weights not found: {value!r}. Expected 'mb05uv' or 'uvreg' (built in), an official "
         f"PRN checkpoint prefix (…/256_256_resfcn256_weight with .index and "
         f".data-00000-of-00001, from {OFFICIAL_URL}) or an .onnx file")
 
@@ -80,11 +111,34 @@ def _digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _export_in_child(args: list[str], what: str, data_root=None) -> None:
+    """Run ``realtime_prn.network.export`` in a child process.
+
+    Why: TensorFlow stays out of this process (it cannot share one with Mesa's EGL, which the 3D
+    view needs), and its memory goes when the child exits.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["REALTIME_PRN_DATA"] = str(resolve_data_root(data_root))
+    env["REALTIME_PRN_ENGINES"] = str(engines_dir())
+    res = subprocess.run([sys.executable, "-m", "realtime_prn.network.export", *args],
+                         capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
+    if res.returncode != 0:
+        last = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()[-1]
+        raise WeightsError(f"cannot build the {what} model: {last.removeprefix('error: ')}")
+
+
 def keras_model(spec: WeightsSpec, data_root=None):
     """The TF2 model for these weights (TensorFlow engine, ONNX export)."""
     if spec.kind == "mb05uv":
         from .network.mb05uv import build_mb05uv_model
         return build_mb05uv_model(data_root)
+    if spec.kind == "uvreg":
+        from .network.uvreg import build_uvreg_model, load_weights
+        try:
+            backbone, p_mean, p_std, _ = load_weights(spec.path)
+        except (ValueError, OSError) as exc:
+            raise WeightsError(str(exc)) from None
+        return build_uvreg_model(backbone, p_mean, p_std, data_root)
     if spec.kind == "checkpoint":
         from .network.resfcn256 import (
             CheckpointError,
@@ -97,7 +151,7 @@ def keras_model(spec: WeightsSpec, data_root=None):
         except CheckpointError as exc:
             raise WeightsError(str(exc)) from None
         return model
-    raise WeightsError(f"the tensorflow engine needs a checkpoint or '{DEFAULT_WEIGHTS}', "
+    raise WeightsError(f"the tensorflow engine needs a checkpoint, 'mb05uv' or 'uvreg', "
                        f"not {spec.describe()}")
 
 
@@ -108,18 +162,18 @@ def onnx_model(spec: WeightsSpec, data_root=None, log=print) -> Path:
     if spec.kind == "mb05uv":
         from .network.export import build_mb05uv_onnx, mb05uv_onnx_is_current
         if not mb05uv_onnx_is_current(data_root) and "tensorflow" not in sys.modules:
-            # Build in a child: TensorFlow stays out of this process (it cannot share one
-            # with Mesa's EGL, which the 3D view needs), and its memory goes when it exits.
             log("building the mb05uv ONNX model (once, about 30 s) ...")
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-            env["REALTIME_PRN_DATA"] = str(resolve_data_root(data_root))
-            env["REALTIME_PRN_ENGINES"] = str(engines_dir())
-            res = subprocess.run([sys.executable, "-m", "realtime_prn.network.export"],
-                                 capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
-            if res.returncode != 0:
-                last = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()[-1]
-                raise WeightsError(f"cannot build the mb05uv model: {last}")
+            _export_in_child([], "mb05uv", data_root)
         return build_mb05uv_onnx(data_root=data_root)
+    if spec.kind == "uvreg":
+        from .network.export import build_uvreg_onnx, uvreg_onnx_path
+        if not uvreg_onnx_path(spec.path, data_root).exists() and "tensorflow" not in sys.modules:
+            log(f"building the uvreg ONNX model from {spec.path.name} (once, about 20 s) ...")
+            _export_in_child(["--uvreg", str(spec.path)], "uvreg", data_root)
+        try:
+            return build_uvreg_onnx(spec.path, data_root)
+        except (ValueError, OSError) as exc:
+            raise WeightsError(str(exc)) from None
     from .network.export import keras_to_onnx
     data = Path(str(spec.path) + ".data-00000-of-00001")
     out = engines_dir() / f"resfcn256-{_digest(Path(str(spec.path) + '.index'), data)}.onnx"

@@ -101,7 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", default="onnxruntime", help=f"one of {', '.join(ENGINES)}")
-    p.add_argument("--weights", default=None, help="mb05uv (default), a PRN checkpoint prefix or .onnx")
+    p.add_argument("--weights", default=None,
+                   help="uvreg | mb05uv | a PRN checkpoint prefix | .npz | .onnx (default: the package's)")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (what the engine supports)")
     p.add_argument("--crop", default="both", help="gt | detector | both (default both)")
     p.add_argument("--detector", default="blazeface", help="detector for --crop detector|both")
@@ -132,8 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def weights_label(weights: str | None) -> str:
-    if not weights or weights == "mb05uv":
-        return "mb05uv"
+    from realtime_prn.weights import DEFAULT_WEIGHTS, ENV_WEIGHTS
+
+    weights = weights or os.environ.get(ENV_WEIGHTS) or DEFAULT_WEIGHTS
+    if weights in ("mb05uv", "uvreg"):
+        return weights
     path = Path(weights)
     return path.stem if path.suffix else path.name
 

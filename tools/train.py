@@ -238,7 +238,8 @@ class Trainer:
                  kpt_ind: np.ndarray, face_ind: np.ndarray, *, batch: int = 16, lr: float = 1e-4,
                  halve_every_steps: int = 0, workers: int = 2, jit: bool = False,
                  state: TrainState | None = None, log: Callable[[str], None] = print,
-                 bn_batches: int = 0) -> None:
+                 bn_batches: int = 0, loss_fn: Callable | None = None,
+                 predict_model: object | None = None) -> None:
         import keras
         import tensorflow as tf
 
@@ -257,17 +258,22 @@ class Trainer:
         w = tf.constant(self.w_np[None])
         wsum = float(self.w_np.sum())
 
+        def posmap_loss(pred: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(w * tf.reduce_sum(tf.square(pred - y), axis=-1), axis=(1, 2)) / wsum
+
+        per_image_loss = loss_fn or posmap_loss
+
         def step_fn(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 pred = tf.cast(model(x, training=True), tf.float32)
-                per = tf.reduce_sum(w * tf.reduce_sum(tf.square(pred - y), axis=-1), axis=(1, 2)) / wsum
-                loss = tf.reduce_mean(per)
+                loss = tf.reduce_mean(per_image_loss(pred, y))
             grads = tape.gradient(loss, model.trainable_variables)
             self.opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
         self._step = tf.function(step_fn, jit_compile=jit, reduce_retracing=True)
-        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        full = predict_model or model  # uvreg trains its backbone, validates the PRN-I/O model
+        self._predict = tf.function(lambda x: full(x, training=False), reduce_retracing=True)
         self.stop_requested = False
 
     # -- state ----------------------------------------------------------------------------------
@@ -478,6 +484,66 @@ def make_datasets(labels: object, seed: int, val_fraction: float, val_max: int, 
     return subset(tr, cfg), subset(va, NO_AUGMENT), info
 
 
+def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std: np.ndarray) -> Callable:
+    """PRN's weighted position-map loss for uvreg, per image, in closed form from the 62 parameters.
+
+    See :mod:`realtime_prn.training.uvreg_data`: ``|dC_d @ F_d|^2 / sum(w)`` per axis, where C is
+    the (3, 154) coefficient block of the decoded map; equal to the dense weighted MSE (z centred).
+    """
+    import tensorflow as tf
+
+    from realtime_prn.training.uvreg_data import gram_factors
+
+    f_xy, f_z, wsum = gram_factors(rows, weights)
+    nb = (rows.shape[0] - 1) // 3
+    factors = tf.constant(np.stack([f_xy, f_xy, f_z]))  # (3, 154, 154)
+    mean, std = tf.constant(p_mean[None], tf.float32), tf.constant(p_std[None], tf.float32)
+
+    def coef(q: tf.Tensor) -> tf.Tensor:
+        cam = tf.reshape(q[:, :12], (-1, 3, 4))
+        alpha = tf.concat([tf.ones_like(q[:, :1]), q[:, 12:]], axis=1)  # (N, 51)
+        c = tf.reshape(cam[:, :, :3, None] * alpha[:, None, None, :], (-1, 3, 3 * nb))
+        return tf.concat([c, cam[:, :, 3:]], axis=2)  # (N, 3, 154)
+
+    def loss(pred_norm: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
+        e = tf.einsum("ndk,dkj->ndj", coef(pred_norm * std + mean) - coef(q), factors)
+        return tf.reduce_sum(tf.square(e), axis=(1, 2)) / wsum
+
+    return loss
+
+
+def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
+                        data_root: str | None = None) -> tuple[object, object, dict]:
+    """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group."""
+    import cv2
+
+    from realtime_prn.training.labels import PosmapDecoder, corpus_dir
+    from realtime_prn.training.uvreg_data import UVRegData, build_cache
+
+    root = corpus_dir(data_root)
+    ok = np.flatnonzero(labels.ok)
+    is_val = split_by_group(labels.groups[ok], val_fraction, seed, val_max)
+    dec = PosmapDecoder()
+    cv2.setNumThreads(2)
+
+    def subset(rows: np.ndarray, c: AugmentConfig) -> object:
+        files = labels.files[rows]
+
+        def load(i: int) -> np.ndarray:
+            img = cv2.imread(str(root / files[i]), cv2.IMREAD_COLOR)
+            if img is None:
+                raise OSError(f"cannot read {root / files[i]}")
+            return img
+
+        cache, base = build_cache(labels.landmarks[rows], load)
+        return UVRegData(labels.params[rows], labels.roi[rows], cache, base, dec, c, seed)
+
+    tr, va = ok[~is_val], ok[is_val]
+    info = {"n_train": len(tr), "n_val": len(va), "val_groups": int(len(np.unique(labels.groups[va]))),
+            "dropped_not_ok": int((~labels.ok).sum())}
+    return subset(tr, cfg), subset(va, NO_AUGMENT), info
+
+
 def set_threads(n: int | None) -> None:
     import tensorflow as tf
 
@@ -529,6 +595,8 @@ def export(args: argparse.Namespace, out: Path) -> int:
     ckpt = out / "best.npz"
     if not ckpt.exists():
         raise FileNotFoundError(f"no best checkpoint at {ckpt} (train with validation first)")
+    if args.model == "uvreg":
+        return export_uvreg(args, ckpt)
     model = build_model(args.model, args.width)
     with np.load(ckpt) as z:
         keys = sorted(k for k in z.files if k.startswith("w"))
@@ -552,6 +620,40 @@ def export(args: argparse.Namespace, out: Path) -> int:
                                    "not shipped unless it beats mb05uv"}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {fp16} ({fp16.stat().st_size / 1e6:.2f} MB) and {fp32}; manifest {manifest_path}")
+    return 0
+
+
+def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
+    """best.npz -> the release file (fp16 backbone + output statistics) and its manifest entry.
+
+    Only the trained backbone is written: the decoder's UV basis is rebuilt from shared/ on each
+    machine (``python -m realtime_prn setup``), so nothing derived from the BFM is committed.
+    """
+    import hashlib
+
+    from realtime_prn.network.uvreg import STAGES, build_backbone, save_weights
+    from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
+
+    with np.load(ckpt) as z:
+        state = json.loads(str(z["state"]))
+        cfg = state["config"]
+        backbone = build_backbone(cfg["width"])
+        keys = sorted(k for k in z.files if k.startswith("w"))
+        for v, k in zip(backbone.weights, keys):
+            v.assign(z[k])
+    dest = Path(args.release) if args.release else MODELS_DIR / f"{UVREG_RELEASE}-v1.npz"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": "uvreg", "width": cfg["width"], "stages": [list(s) for s in STAGES],
+            "step": state["best_step"], "val_nme68_vs_teacher": state["best_nme"],
+            "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
+            "trained_by": "tools/train.py --model uvreg"}
+    save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
+    manifest_path = dest.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest[UVREG_RELEASE] = {"file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+                               "bytes": dest.stat().st_size, **meta}
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.2f} MB, fp16) and {manifest_path}")
     return 0
 
 
@@ -580,7 +682,7 @@ def validate_onnx(args: argparse.Namespace, val: FaceData, a: object, w: np.ndar
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="student", choices=("student", "resfcn256"))
+    p.add_argument("--model", default="student", choices=("student", "resfcn256", "uvreg"))
     p.add_argument("--width", type=float, default=1.0, help="student channel multiplier")
     p.add_argument("--out", default=None, help="run folder (default engines/train/<model>)")
     p.add_argument("--limit", type=int, default=None, help="label/use only the first N corpus images")
@@ -608,6 +710,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true", help="export <out>/best.npz to fp32/fp16 ONNX, exit")
     p.add_argument("--manifest", default=None, help="manifest for --export (default <out>/manifest.json)")
+    p.add_argument("--release", default=None, metavar="FILE",
+                   help="uvreg --export: release file (default realtime_prn/models/uvreg-v1.npz)")
     p.add_argument("--validate-onnx", default=None, metavar="FILE",
                    help="score an ONNX model on the val split, exit")
     return p.parse_args(argv)
@@ -642,8 +746,12 @@ def _main(args: argparse.Namespace) -> int:
     labels, lpath, secs = build_labels(args.limit, args.data)
     print(f"labels {lpath} ({len(labels)} images{f', labelled in {secs:.0f} s' if secs else ', cached'})")
     cfg = AugmentConfig(yaw_prob=args.yaw_prob)
-    train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
-                                     yaw=args.yaw_prob > 0)
+    if args.model == "uvreg":
+        train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
+                                               args.data)
+    else:
+        train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
+                                         yaw=args.yaw_prob > 0)
     print(f"split by group (seed {args.seed}): {info}")
     a = load_assets(args.data)
     w = loss_weights(a.weight_mask, a.face_mask, train.decoder.covered)
@@ -653,12 +761,22 @@ def _main(args: argparse.Namespace) -> int:
     if args.precision != "fp32":
         keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(args.seed)
-    model = build_model(args.model, args.width)
+    extra: dict = {}
+    if args.model == "uvreg":
+        from realtime_prn.network.uvreg import build_backbone, build_uvreg_model
+        from realtime_prn.training.uvreg_data import param_stats
+
+        p_mean, p_std = param_stats(train)
+        model = build_backbone(args.width)
+        extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std),
+                 "predict_model": build_uvreg_model(model, p_mean, p_std, args.data)}
+    else:
+        model = build_model(args.model, args.width)
     steps_per_epoch = max(1, len(train) // args.batch)
     halve = int(round(args.halve_every * steps_per_epoch)) if args.halve_every else 0
     trainer = Trainer(model, w, train, val, a.kpt_ind, a.face_ind, batch=args.batch, lr=args.lr,
                       halve_every_steps=halve, workers=args.workers, jit=args.jit,
-                      log=lambda s: print(s, flush=True), bn_batches=args.bn_batches)
+                      log=lambda s: print(s, flush=True), bn_batches=args.bn_batches, **extra)
     if args.resume:
         if not (out / "last.npz").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.npz'}")
@@ -670,6 +788,8 @@ def _main(args: argparse.Namespace) -> int:
                             "halve_every_steps": halve, "seed": args.seed, "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
                             "precision": args.precision, "jit": args.jit, **info}
+    if args.model == "uvreg":
+        trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist())
     print(f"{args.model}: {model.count_params():,} params, {count_macs(model) / 1e9:.3f} GMACs; "
           f"{steps_per_epoch} steps/epoch, lr halves every {halve} steps")
 

@@ -129,15 +129,49 @@ def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None =
     return path
 
 
+UVREG_EXPORT_VERSION = "uvreg-export/1"
+_UVREG_CODE = ("uvreg.py", "mb05uv.py", "uv_basis.py", "export.py")
+
+
+def uvreg_onnx_path(weights_file: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """Where the ONNX for a uvreg weights file lives: named by the hash of every input it depends on."""
+    from realtime_prn.network.uv_basis import source_hash
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256(f"{UVREG_EXPORT_VERSION} opset {OPSET}".encode())
+    h.update(sha256_file(Path(weights_file)).encode())
+    h.update(source_hash(data_root).encode())
+    for name in _UVREG_CODE:
+        h.update(sha256_file(here / name).encode())
+    return engines_dir() / f"uvreg-{h.hexdigest()[:16]}.onnx"
+
+
+def build_uvreg_onnx(weights_file: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """The PRN-I/O ONNX of a uvreg release file (backbone weights + the locally built UV basis).
+
+    Why built here and not shipped: the decoder's constant is derived from the BFM files under
+    ``shared/``, which are never committed; only the trained backbone (a few MB) is.
+    """
+    path = uvreg_onnx_path(weights_file, data_root)
+    if path.exists():
+        return path
+    from realtime_prn.network.uvreg import build_uvreg_model, load_weights
+
+    backbone, p_mean, p_std, _ = load_weights(weights_file)
+    keras_to_onnx(build_uvreg_model(backbone, p_mean, p_std, data_root), path, opset=OPSET)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: build (or confirm) the cached mb05uv ONNX and print where it is."""
+    """CLI: build (or confirm) the cached mb05uv ONNX (or a uvreg one) and print where it is."""
     ap = argparse.ArgumentParser(description="Build engines/mb05uv_fp32.onnx from the staged teacher data.")
     ap.add_argument("--force", action="store_true", help="rebuild even when the sidecar hash matches")
+    ap.add_argument("--uvreg", default=None, metavar="FILE", help="build the ONNX of this uvreg weights file")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        path = build_mb05uv_onnx(force=args.force)
-    except FileNotFoundError as exc:
+        path = build_uvreg_onnx(args.uvreg) if args.uvreg else build_mb05uv_onnx(force=args.force)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")

@@ -123,7 +123,8 @@ def _keras_layers() -> tuple[type, type]:
         of 3 are slow.
         """
 
-        def __init__(self, ub: UVBasis, p_mean: np.ndarray, p_std: np.ndarray, **kw: object) -> None:
+        def __init__(self, ub: UVBasis, p_mean: np.ndarray, p_std: np.ndarray,
+                     frame: str = "teacher120", **kw: object) -> None:
             super().__init__(**kw)
             n = RES * RES
             nb = ub.basis.shape[-1] + 1  # mean + components
@@ -141,9 +142,15 @@ def _keras_layers() -> tuple[type, type]:
             self._p_mean = tf.constant(p_mean.reshape(1, 62), tf.float32)
             self._p_std = tf.constant(p_std.reshape(1, 62), tf.float32)
             k = SCALE_120_TO_CROP
-            # similar_transform in the 120 frame, scaled to 256: x' = k(x-1), y' = k(120-y), z' = k(z-1)
-            self._sign = tf.constant([[[k], [-k], [k]]], tf.float32)  # (1, 3, 1)
-            self._shift = tf.constant([[[-k], [INPUT_SIZE * k], [-k]]], tf.float32)
+            if frame == "teacher120":
+                # similar_transform in the 120 frame, scaled to 256: x' = k(x-1), y' = k(120-y), z' = k(z-1)
+                sign, shift = [k, -k, k], [-k, INPUT_SIZE * k, -k]
+            elif frame == "crop":  # the 3x4 camera already maps BFM points to 256-crop pixels
+                sign, shift = [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
+            else:
+                raise ValueError(f"unknown camera frame {frame!r}")
+            self._sign = tf.constant(np.reshape(sign, (1, 3, 1)), tf.float32)
+            self._shift = tf.constant(np.reshape(shift, (1, 3, 1)), tf.float32)
 
         def call(self, params_norm: tf.Tensor) -> tf.Tensor:
             p = params_norm * self._p_std + self._p_mean

@@ -348,9 +348,10 @@ class PosmapDecoder:
                  crop_matrix: np.ndarray) -> np.ndarray:
         return self.posmap(params, roi, crop_matrix)
 
-    def posmap(self, params: np.ndarray, roi: np.ndarray | list[float],
-               crop_matrix: np.ndarray) -> np.ndarray:
-        """(256, 256, 3) float32 position map in the crop frame; see :func:`posmap_for_crop`."""
+    def crop_camera(self, params: np.ndarray, roi: np.ndarray | list[float],
+                    crop_matrix: np.ndarray) -> np.ndarray:
+        """3x4 affine: BFM point -> crop pixels (x, y through the crop similarity, z scaled by its
+        scale; no min-z shift). With the 50 coefficients ``params[12:]`` it is uvreg's label."""
         a_img = self.image_affine(params, roi)
         m = np.asarray(crop_matrix, np.float64)
         lin = m[:2, :2]
@@ -359,7 +360,24 @@ class PosmapDecoder:
         g[:2] = lin @ a_img[:2]
         g[:2, 3] += m[:2, 2]
         g[2] = zs * a_img[2]
-        alpha = np.concatenate([[1.0], np.asarray(params, np.float64)[12:]])  # (51,)
+        return g
+
+    def crop_params(self, params: np.ndarray, roi: np.ndarray | list[float],
+                    crop_matrix: np.ndarray) -> np.ndarray:
+        """(62,) float64 crop-frame parameters: the row-major :meth:`crop_camera` then params[12:]."""
+        g = self.crop_camera(params, roi, crop_matrix)
+        return np.concatenate([g.reshape(12), np.asarray(params, np.float64)[12:]])
+
+    def posmap(self, params: np.ndarray, roi: np.ndarray | list[float],
+               crop_matrix: np.ndarray) -> np.ndarray:
+        """(256, 256, 3) float32 position map in the crop frame; see :func:`posmap_for_crop`."""
+        return self.posmap_from_crop_params(self.crop_params(params, roi, crop_matrix))
+
+    def posmap_from_crop_params(self, q: np.ndarray) -> np.ndarray:
+        """(256, 256, 3) float32 position map for (62,) crop-frame parameters (:meth:`crop_params`)."""
+        q = np.asarray(q, np.float64)
+        g = q[:12].reshape(3, 4)
+        alpha = np.concatenate([[1.0], q[12:]])  # (51,)
         coef = np.zeros((3, 3 * self.nb + 1))
         for d in range(3):
             for c in range(3):

@@ -1,0 +1,149 @@
+"""Training data and loss for ``uvreg`` (:mod:`realtime_prn.network.uvreg`): fast enough for 2 cores.
+
+Why a separate path from the dense student's: uvreg trains at ~90 images/s, so building each
+sample from a JPEG on disk and a 65,536-pixel label map (what ``tools/train.py --model student``
+does, ~10 ms) would starve it. Here:
+
+* every labelled face is warped ONCE into a 320x320 cache image covering 1.8x its PRN crop
+  (landmark rule), enough for the paper's augmentation (+-45 deg, 0.9-1.2 scale, +-10 % shift);
+  a sample is one ``warpAffine`` from that cache to the 256 crop, colour scaling, occlusion, then
+  the exact 2x2 average to the network's 128 input;
+* the label is 62 numbers: the crop-frame camera for the augmented crop matrix (exact: the same
+  similarity warps image and label) and the 50 coefficients;
+* PRN's weighted position-map loss is evaluated in closed form. The map is linear in the
+  coefficient block C (3 x 154), ``pos_d = C_d @ rows``, so
+  ``sum_p w_p (pos_d - gt_d)^2 = dC_d (rows W rows^T) dC_d^T``: one 154x154 Gram matrix per axis
+  instead of two 256x256x3 maps per sample. z is compared after removing its weighted mean (z is
+  only defined up to a shift; PRN fixes it by min z = 0, which is not differentiable-friendly).
+  The Gram is factored once in float64 (G = F F^T) so the loss is the float32 sum of squares of
+  ``dC @ F`` -- no cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime_prn.crop import RES, region_from_landmarks
+from realtime_prn.network.uvreg import INPUT
+from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig, colour_scale, occlude, random_crop_matrix
+
+CACHE_RES = 320
+CACHE_EXTENT = 1.8  # cache side / PRN crop side
+
+
+def cache_matrix() -> np.ndarray:
+    """3x3 crop(256) -> cache(320) similarity about the centres."""
+    a = CACHE_RES / (RES * CACHE_EXTENT)
+    c0, c1 = (RES - 1) / 2, (CACHE_RES - 1) / 2
+    return np.array([[a, 0, c1 - a * c0], [0, a, c1 - a * c0], [0, 0, 1]], np.float64)
+
+
+def build_cache(landmarks: np.ndarray, load_image: Callable[[int], np.ndarray], progress: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 320, 320, 3) uint8 BGR cache and (N, 3, 3) image -> crop base matrices."""
+    from tqdm import tqdm
+
+    n = len(landmarks)
+    cache = np.zeros((n, CACHE_RES, CACHE_RES, 3), np.uint8)
+    base = np.zeros((n, 3, 3), np.float64)
+    k = cache_matrix()
+    for i in tqdm(range(n), desc="caching faces", disable=not progress, mininterval=5):
+        base[i] = region_from_landmarks(landmarks[i]).matrix(RES)
+        m = k @ base[i]
+        cv2.warpAffine(load_image(i), m[:2], (CACHE_RES, CACHE_RES), dst=cache[i], flags=cv2.INTER_AREA,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cache, base
+
+
+@dataclass
+class UVRegData:
+    """Samples (128 crop, 62 crop-frame params) that are pure functions of (seed, epoch, position)."""
+
+    params: np.ndarray  # (N, 62) teacher params
+    roi: np.ndarray  # (N, 4)
+    cache: np.ndarray  # (N, 320, 320, 3) uint8 BGR
+    base: np.ndarray  # (N, 3, 3) image -> crop
+    decoder: object  # labels.PosmapDecoder
+    cfg: AugmentConfig
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self))
+
+    def crop256(self, row: int, m: np.ndarray) -> np.ndarray:
+        """The 256 RGB [0,1] crop for image -> crop matrix ``m`` (``m = A @ base[row]``)."""
+        from_cache = m @ np.linalg.inv(cache_matrix() @ self.base[row])
+        crop = cv2.warpAffine(self.cache[row], from_cache[:2], (RES, RES), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
+
+    def sample(self, row: int, rng: np.random.Generator, cfg: AugmentConfig
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(256 crop, 62 crop params float32, image -> crop matrix)."""
+        base = _Base(self.base[row])
+        m = random_crop_matrix(base, rng, cfg)
+        crop = occlude(colour_scale(self.crop256(row, m), rng, cfg), rng, cfg)
+        q = self.decoder.crop_params(self.params[row], self.roi[row], m)
+        return crop, q.astype(np.float32), m
+
+    def train_sample(self, epoch: int, pos: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        crop, q, _ = self.sample(row, np.random.default_rng([self.seed, epoch, pos]), self.cfg)
+        return to_input(crop), q
+
+    def eval_sample(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The un-augmented 256 crop and its full label map (for the PRN-I/O model's validation)."""
+        crop, q, _ = self.sample(row, np.random.default_rng(0), NO_AUGMENT)
+        return crop, self.decoder.posmap_from_crop_params(q)
+
+
+class _Base:
+    """Duck-typed CropRegion whose matrix is given (``random_crop_matrix`` needs ``.matrix``)."""
+
+    def __init__(self, m: np.ndarray) -> None:
+        self._m = m
+
+    def matrix(self, res: int = RES) -> np.ndarray:
+        return self._m
+
+
+def to_input(crop256: np.ndarray) -> np.ndarray:
+    """The network's 128 input in [-1, 1]: the exact 2x2 average of the 256 crop (== model's to_128)."""
+    small = crop256.reshape(INPUT, 2, INPUT, 2, 3).mean(axis=(1, 3))
+    return (small * 2.0 - 1.0).astype(np.float32)
+
+
+def param_stats(data: UVRegData, n: int = 4096, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
+    """Mean/std of augmented crop-frame labels (no images needed), the network's output scale."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(data), n)
+    qs = np.stack([data.decoder.crop_params(data.params[r], data.roi[r],
+                                            random_crop_matrix(_Base(data.base[r]), rng, data.cfg))
+                   for r in rows])
+    std = qs.std(axis=0)
+    return qs.mean(axis=0).astype(np.float32), np.maximum(std, 1e-6 * np.abs(qs).max(axis=0) + 1e-12).astype(
+        np.float32)
+
+
+def gram_factors(rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(F_xy, F_z, sum w): float32 (154, 154) factors with ``|dC_d @ F|^2`` = the weighted error of axis d.
+
+    ``rows`` is the decoder's (3*nb+1, 65536) constant (per input axis the mean and basis rows,
+    then the covered/offset row); output axis d of the map is ``C_d @ rows`` for its coefficient
+    row C_d, so one Gram serves x and y, and a weighted-mean-centred one serves z.
+    """
+    w = weights.reshape(-1).astype(np.float64)
+    r = rows.astype(np.float64)
+    factors = []
+    for centre in (False, True):
+        b = r - (r @ w / w.sum())[:, None] if centre else r
+        g = (b * w) @ b.T
+        vals, vecs = np.linalg.eigh(g)
+        factors.append((vecs * np.sqrt(np.clip(vals, 0, None))).astype(np.float32))
+    return factors[0], factors[1], float(w.sum())

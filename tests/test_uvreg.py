@@ -1,0 +1,200 @@
+"""uvreg, the project's own trained model: label geometry, the closed-form loss, the graph, the
+release file and what the shipped weights do on real faces.
+
+Exact checks where the maths is exact (labels under a known similarity, loss == dense loss, the
+decoder reproducing a label, the 2x2 average == the graph's resize); measured bounds, with the
+measurements in the docstrings, where the trained weights are involved.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime_prn.crop import region_from_landmarks
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def _train_module():
+    if "train_tool" in sys.modules:
+        return sys.modules["train_tool"]
+    spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_tool"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from realtime_prn.paths import DataNotFoundError
+    from realtime_prn.training.labels import PosmapDecoder
+
+    try:
+        return PosmapDecoder()
+    except DataNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """Teacher params, rois and landmarks for two faces of the 300W-LP sample's convention: synthetic
+    teacher outputs (mean +- 0.5 std), so no corpus labelling is needed."""
+    from realtime_prn.network.mb05 import load_param_stats
+    from realtime_prn.network.uv_basis import load_sparse68
+    from realtime_prn.training.labels import teacher_landmarks
+
+    mean, std = load_param_stats()
+    q = (mean + 0.5 * std * np.random.default_rng(4).standard_normal((3, 62))).astype(np.float32)
+    roi = np.array([[100.0, 90.0, 300.0, 290.0]] * 3, np.float32)
+    sp = load_sparse68()
+    lms = np.stack([teacher_landmarks(p, r, sp)[:2].T for p, r in zip(q, roi)])
+    return q, roi, lms
+
+
+def test_crop_params_follow_the_crop_similarity(decoder, labelled, assets):
+    """Labels for an augmented crop = the base crop's map moved by the augmentation (x, y exactly,
+    z scaled by its scale): the 62-number label carries the similarity exactly."""
+    from realtime_prn.training.augment import similarity_about_centre
+
+    q, roi, lms = labelled
+    base = region_from_landmarks(lms[0]).matrix()
+    a = similarity_about_centre(30.0, 1.15, (12.0, -7.0))
+    ref = decoder.posmap_from_crop_params(decoder.crop_params(q[0], roi[0], base))
+    got = decoder.posmap_from_crop_params(decoder.crop_params(q[0], roi[0], a @ base))
+    cov = decoder.covered
+    moved = ref[cov, :2] @ a[:2, :2].T + a[:2, 2]
+    np.testing.assert_allclose(got[cov, :2], moved, atol=2e-2)
+    np.testing.assert_allclose(got[cov, 2], 1.15 * ref[cov, 2], atol=2e-2)
+    assert np.abs(got - decoder.posmap(q[0], roi[0], a @ base)).max() == 0
+
+
+def test_closed_form_loss_equals_dense_weighted_loss(decoder, labelled, assets):
+    """The Gram-matrix loss == PRN's weighted map MSE (z compared after its weighted mean)."""
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
+    tool = _train_module()
+    q, roi, lms = labelled
+    w = tool.loss_weights(assets.weight_mask, assets.face_mask, decoder.covered)
+    base = [region_from_landmarks(lm).matrix() for lm in lms]
+    qa = np.stack([decoder.crop_params(q[i], roi[i], base[i]) for i in range(3)]).astype(np.float32)
+    qb = np.roll(qa, 1, axis=0)
+    mean = qa.mean(0).astype(np.float32)
+    std = (qa.std(0) + 1e-3).astype(np.float32)
+    loss = tool.uvreg_loss(decoder.rows, w, mean, std)
+    got = np.asarray(loss(tf.constant((qa - mean) / std), tf.constant(qb)))
+    for i in range(3):
+        pa, pb = decoder.posmap_from_crop_params(qa[i]), decoder.posmap_from_crop_params(qb[i])
+        za = pa[..., 2] - (w * pa[..., 2]).sum() / w.sum()
+        zb = pb[..., 2] - (w * pb[..., 2]).sum() / w.sum()
+        err = (w * ((pa[..., :2] - pb[..., :2]) ** 2).sum(-1)).sum() + (w * (za - zb) ** 2).sum()
+        dense = err / w.sum()
+        assert got[i] == pytest.approx(dense, rel=2e-3), (i, got[i], dense)
+    assert np.asarray(loss(tf.constant((qa - mean) / std), tf.constant(qa))).max() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def graph_parts():
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network import uvreg
+
+    return uvreg
+
+
+def test_decoder_graph_reproduces_a_label(decoder, labelled, graph_parts):
+    """A backbone that outputs a label's normalised params makes the PRN-I/O graph output exactly
+    that label's map: frame, layout, z shift and the uncovered zeros are the labels' own."""
+    q, roi, lms = labelled
+    target = decoder.crop_params(q[1], roi[1], region_from_landmarks(lms[1]).matrix()).astype(np.float32)
+    mean = target * 0.9
+    std = np.abs(target) * 0.1 + 1.0
+    bb = graph_parts.build_backbone(0.25)
+    head = bb.get_layer("head")
+    head.set_weights([np.zeros_like(head.get_weights()[0]), (target - mean) / std])
+    model = graph_parts.build_uvreg_model(bb, mean, std)
+    got = np.asarray(model(np.random.default_rng(0).random((2, 256, 256, 3), np.float32), training=False))
+    ref = decoder.posmap_from_crop_params(target)
+    assert np.abs(got - ref[None]).max() < 0.02
+    assert not got[:, ~decoder.covered].any()
+
+
+def test_training_input_is_the_graphs_own_resize(graph_parts):
+    """The data path's 128 input (2x2 average) equals the exported graph's ``to_128`` layer."""
+    from realtime_prn.training.uvreg_data import to_input
+
+    crop = np.random.default_rng(1).random((256, 256, 3), np.float32)
+    layer = graph_parts._layers()(name="to_128")
+    np.testing.assert_allclose(np.asarray(layer(crop[None]))[0], to_input(crop), atol=1e-6)
+
+
+def test_cached_sample_matches_the_inference_crop(decoder, eval_dir):
+    """The face cache reproduces the crop inference makes from the original photo (un-augmented)."""
+    import cv2
+
+    from realtime_prn.crop import crop_faces
+    from realtime_prn.training.augment import NO_AUGMENT
+    from realtime_prn.training.uvreg_data import UVRegData, build_cache, to_input
+
+    img = cv2.imread(str(eval_dir / "images" / "prnet_0.jpg"))
+    h, w = img.shape[:2]
+    lm = np.array([[w * 0.35, h * 0.3], [w * 0.65, h * 0.3], [w * 0.5, h * 0.7]])
+    cache, base = build_cache(lm[None], lambda i: img, progress=False)
+    data = UVRegData(np.zeros((1, 62), np.float32), np.array([[0, 0, 120, 120]], np.float32), cache, base,
+                     decoder, NO_AUGMENT, 0)
+    crop, _, m = data.sample(0, np.random.default_rng(0), NO_AUGMENT)
+    ref, mats = crop_faces(img, [region_from_landmarks(lm)])
+    np.testing.assert_allclose(m, mats[0], atol=1e-9)
+    diff = np.abs(to_input(crop) - to_input(ref[0]))
+    assert diff.mean() < 0.02, diff.mean()  # the cache resamples once more; 8-bit + blur only
+
+
+# ------------------------------------------------------------------------- the release file
+
+
+def test_release_file_matches_manifest_and_resolves():
+    from realtime_prn.weights import MODELS_DIR, release_file, resolve_weights
+
+    entry = json.loads((MODELS_DIR / "manifest.json").read_text())["uvreg"]
+    path = release_file()
+    assert path.stat().st_size == entry["bytes"] < 20e6
+    spec = resolve_weights("uvreg")
+    assert spec.kind == "uvreg" and spec.path == path
+    with np.load(path) as z:
+        assert all(z[k].dtype == np.float16 for k in z.files if k.startswith("w"))
+
+
+def test_corrupt_release_file_is_one_clear_error(tmp_path, monkeypatch):
+    from realtime_prn import weights
+
+    shutil.copytree(weights.MODELS_DIR, tmp_path / "models")
+    entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["uvreg"]
+    f = tmp_path / "models" / entry["file"]
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    monkeypatch.setattr(weights, "MODELS_DIR", tmp_path / "models")
+    with pytest.raises(weights.WeightsError, match="does not match its manifest") as info:
+        weights.resolve_weights("uvreg")
+    assert "\n" not in str(info.value)
+    f.unlink()
+    with pytest.raises(weights.WeightsError, match="missing"):
+        weights.resolve_weights("uvreg")
+
+
+def test_wrong_npz_is_one_clear_error(tmp_path):
+    pytest.importorskip("tensorflow")
+    from realtime_prn.weights import WeightsError, keras_model, resolve_weights
+
+    bad = tmp_path / "other.npz"
+    np.savez(bad, a=np.zeros(3))
+    with pytest.raises(WeightsError, match="not a uvreg weights file"):
+        keras_model(resolve_weights(str(bad)))
