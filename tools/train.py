@@ -513,12 +513,13 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
-                        data_root: str | None = None) -> tuple[object, object, dict]:
-    """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group."""
+                        data_root: str | None = None, synth: int = 0) -> tuple[object, object, dict]:
+    """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
+    ``synth`` large-pose faces synthesised from the training faces join the training set."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder, corpus_dir
-    from realtime_prn.training.uvreg_data import UVRegData, build_cache
+    from realtime_prn.training.uvreg_data import UVRegData, build_cache, synthesise_large_poses
 
     root = corpus_dir(data_root)
     ok = np.flatnonzero(labels.ok)
@@ -535,13 +536,18 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                 raise OSError(f"cannot read {root / files[i]}")
             return img
 
-        cache, base = build_cache(labels.landmarks[rows], load)
-        return UVRegData(labels.params[rows], labels.roi[rows], cache, base, dec, c, seed)
+        cache, q = build_cache(labels.landmarks[rows], load, labels.params[rows], labels.roi[rows], dec)
+        return UVRegData(cache, q, dec, c, seed)
 
     tr, va = ok[~is_val], ok[is_val]
     info = {"n_train": len(tr), "n_val": len(va), "val_groups": int(len(np.unique(labels.groups[va]))),
-            "dropped_not_ok": int((~labels.ok).sum())}
-    return subset(tr, cfg), subset(va, NO_AUGMENT), info
+            "dropped_not_ok": int((~labels.ok).sum()), "n_synth": synth}
+    train = subset(tr, cfg)
+    if synth:
+        cache, q = synthesise_large_poses(train.cache, train.q_cache, dec, synth, seed)
+        train = UVRegData(np.concatenate([train.cache, cache]), np.concatenate([train.q_cache, q]), dec, cfg,
+                          seed)
+    return train, subset(va, NO_AUGMENT), info
 
 
 def set_threads(n: int | None) -> None:
@@ -706,6 +712,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=("fp32", "mixed_bfloat16", "mixed_float16"))
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--yaw-prob", type=float, default=0.0, help="probability of large-pose synthesis")
+    p.add_argument("--synth", type=int, default=0,
+                   help="uvreg: add this many synthesised large-pose faces to the training set")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true", help="export <out>/best.npz to fp32/fp16 ONNX, exit")
@@ -748,7 +756,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = AugmentConfig(yaw_prob=args.yaw_prob)
     if args.model == "uvreg":
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
-                                               args.data)
+                                               args.data, args.synth)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)
@@ -767,6 +775,10 @@ def _main(args: argparse.Namespace) -> int:
         from realtime_prn.training.uvreg_data import param_stats
 
         p_mean, p_std = param_stats(train)
+        if args.resume and (out / "last.npz").exists():  # the output scale is part of the weights
+            with np.load(out / "last.npz") as z:
+                ck = json.loads(str(z["state"]))["config"]
+            p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
         model = build_backbone(args.width)
         extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std),
                  "predict_model": build_uvreg_model(model, p_mean, p_std, args.data)}

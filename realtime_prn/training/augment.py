@@ -112,12 +112,37 @@ def occlude(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> n
     return out
 
 
+def yaw_rotation(yaw_deg: float) -> np.ndarray:
+    """3x3 turn about the image's vertical axis (x right, y down, z toward the camera)."""
+    t = np.radians(yaw_deg)
+    return np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+
+
+def erase_face(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """The crop with the face's silhouette replaced by a heavy blur of the crop, so a re-rendered
+    turned face does not leave a sharp ghost of the original one where it no longer covers."""
+    h, w = crop.shape[:2]
+    pts = posmap[covered][:, :2]
+    hull = cv2.convexHull(np.round(pts).astype(np.int32))
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    mask = cv2.dilate(mask, np.ones((9, 9), np.uint8)).astype(bool)
+    blurred = cv2.resize(cv2.resize(crop, (8, 8), interpolation=cv2.INTER_AREA), (w, h),
+                         interpolation=cv2.INTER_CUBIC)
+    out = crop.copy()
+    out[mask] = np.clip(blurred[mask], 0.0, 1.0)
+    return out
+
+
 def synthesise_yaw(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray, triangles: np.ndarray,
-                   yaw_deg: float) -> tuple[np.ndarray, np.ndarray]:
+                   yaw_deg: float, erase: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Re-render the textured face turned by ``yaw_deg`` about its vertical axis (simple 300W-LP).
 
     ``triangles`` index ``np.flatnonzero(covered)`` (``assets.grid_triangles(covered)``). Returns the
-    new crop and the new position map (z shifted to min 0 over covered pixels again).
+    new crop (same size as ``crop``, any size) and the new position map (z shifted to min 0 over
+    covered pixels again). ``erase`` blurs the original face away first (:func:`erase_face`).
+    The turn is about the centroid of the covered points; :func:`turned_camera` gives the same
+    map as a camera, for parameter labels.
     """
     from realtime_prn.geometry.depth import render_values
 
@@ -131,17 +156,28 @@ def synthesise_yaw(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray, tr
     tex = cv2.remap(crop, maps[0].reshape(rows, RES), maps[1].reshape(rows, RES), cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_REFLECT).reshape(-1, 3)[:n]
     centre = pts.mean(axis=0)
-    t = np.radians(yaw_deg)
     # y is down in the crop and z toward the camera: a yaw turns x and z about the vertical axis.
-    rot = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+    rot = yaw_rotation(yaw_deg)
     new = (pts - centre) @ rot.T + centre
-    img, depth = render_values(new.astype(np.float32), triangles, tex, RES, RES)
+    h, w = crop.shape[:2]
+    img, depth = render_values(new.astype(np.float32), triangles, tex, h, w)
     drawn = np.isfinite(depth)[..., None]
-    out_img = np.where(drawn, img, crop).astype(np.float32)
+    background = erase_face(crop, posmap, covered) if erase else crop
+    out_img = np.where(drawn, img, background).astype(np.float32)
     new[:, 2] -= new[:, 2].min()
     out_pos = np.zeros((RES * RES, 3), np.float32)
     out_pos[idx] = new
     return out_img, out_pos.reshape(RES, RES, 3)
+
+
+def turned_camera(g: np.ndarray, centre: np.ndarray, yaw_deg: float) -> np.ndarray:
+    """The 3x4 camera whose map is ``g``'s turned by :func:`synthesise_yaw` about ``centre``
+    (x, y exactly; z up to the constant that the min-z shift removes anyway)."""
+    rot = yaw_rotation(yaw_deg)
+    out = np.empty((3, 4))
+    out[:, :3] = rot @ g[:, :3]
+    out[:, 3] = rot @ (g[:, 3] - centre) + centre
+    return out
 
 
 def augment_sample(

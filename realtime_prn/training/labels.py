@@ -306,6 +306,18 @@ def build_labels(
 # Position maps in any crop frame
 
 
+def move_camera(g: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """A 3x4 camera followed by the 3x3 similarity ``m``: x, y through it, z scaled by its scale."""
+    m = np.asarray(m, np.float64)
+    lin = m[:2, :2]
+    zs = float(np.sqrt(abs(np.linalg.det(lin))))  # similarity scale: z scales like x, y
+    out = np.zeros((3, 4))
+    out[:2] = lin @ g[:2]
+    out[:2, 3] += m[:2, 2]
+    out[2] = zs * g[2]
+    return out
+
+
 class PosmapDecoder:
     """Dense position maps from teacher params for arbitrary crops, as one small matmul per map.
 
@@ -352,15 +364,7 @@ class PosmapDecoder:
                     crop_matrix: np.ndarray) -> np.ndarray:
         """3x4 affine: BFM point -> crop pixels (x, y through the crop similarity, z scaled by its
         scale; no min-z shift). With the 50 coefficients ``params[12:]`` it is uvreg's label."""
-        a_img = self.image_affine(params, roi)
-        m = np.asarray(crop_matrix, np.float64)
-        lin = m[:2, :2]
-        zs = float(np.sqrt(abs(np.linalg.det(lin))))  # similarity scale: z scales like x, y
-        g = np.zeros((3, 4))
-        g[:2] = lin @ a_img[:2]
-        g[:2, 3] += m[:2, 2]
-        g[2] = zs * a_img[2]
-        return g
+        return move_camera(self.image_affine(params, roi), crop_matrix)
 
     def crop_params(self, params: np.ndarray, roi: np.ndarray | list[float],
                     crop_matrix: np.ndarray) -> np.ndarray:
@@ -373,8 +377,8 @@ class PosmapDecoder:
         """(256, 256, 3) float32 position map in the crop frame; see :func:`posmap_for_crop`."""
         return self.posmap_from_crop_params(self.crop_params(params, roi, crop_matrix))
 
-    def posmap_from_crop_params(self, q: np.ndarray) -> np.ndarray:
-        """(256, 256, 3) float32 position map for (62,) crop-frame parameters (:meth:`crop_params`)."""
+    def coef(self, q: np.ndarray) -> np.ndarray:
+        """(3, 154) float64 coefficient block: the map (before the z shift) is ``coef @ rows``."""
         q = np.asarray(q, np.float64)
         g = q[:12].reshape(3, 4)
         alpha = np.concatenate([[1.0], q[12:]])  # (51,)
@@ -383,7 +387,18 @@ class PosmapDecoder:
             for c in range(3):
                 coef[d, c * self.nb : (c + 1) * self.nb] = g[d, c] * alpha
         coef[:, -1] = g[:, 3]
-        pos = coef.astype(np.float32) @ self.rows  # (3, n); uncovered pixels are exactly 0
+        return coef
+
+    def centroid(self, q: np.ndarray) -> np.ndarray:
+        """Mean of the covered points of ``q``'s map before the z shift (the turn centre of the yaw
+        synthesis)."""
+        if not hasattr(self, "_rows_mean"):
+            self._rows_mean = self.rows[:, self._cov_flat].astype(np.float64).mean(axis=1)
+        return self.coef(q) @ self._rows_mean
+
+    def posmap_from_crop_params(self, q: np.ndarray) -> np.ndarray:
+        """(256, 256, 3) float32 position map for (62,) crop-frame parameters (:meth:`crop_params`)."""
+        pos = self.coef(q).astype(np.float32) @ self.rows  # (3, n); uncovered pixels are exactly 0
         pos[2] -= pos[2][self._cov_flat].min()
         pos[2] *= self._cov_flat
         return np.ascontiguousarray(pos.T.reshape(RES, RES, 3))
