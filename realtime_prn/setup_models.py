@@ -1,7 +1,8 @@
 """`python -m realtime_prn setup`: build, once and offline, what the default path needs.
 
 The BlazeFace ONNX (from the MediaPipe wheel on PyPI), the built-in mb05uv model (from the
-shared data) and the numba kernels' cache. Everything lands in ``engines/`` (git-ignored),
+shared data), the trained uvreg model (its committed backbone + the UV basis built from the shared
+data) and the numba kernels' cache. Everything lands in ``engines/`` (git-ignored),
 so a fresh clone runs its first command without anything committed but code.
 """
 from __future__ import annotations
@@ -22,11 +23,13 @@ def warm_numba() -> None:
 
 def setup(data_root=None) -> int:
     from .detectors.blazeface import setup_detectors
-    from .network.export import build_mb05uv_onnx
+    from .network.export import build_mb05uv_onnx, build_uvreg_onnx
+    from .weights import release_file
 
     t0 = time.perf_counter()
     setup_detectors()
     print(f"model:    {build_mb05uv_onnx(data_root=data_root)}")
+    print(f"model:    {build_uvreg_onnx(release_file(), data_root=data_root)}")
     warm_numba()
     print(f"numba kernels compiled; setup took {time.perf_counter() - t0:.0f} s")
     return 0

@@ -598,9 +598,9 @@ def export(args: argparse.Namespace, out: Path) -> int:
     from realtime_prn.network.export import keras_to_onnx
     from realtime_prn.training.student import build_model
 
-    ckpt = out / "best.npz"
+    ckpt = out / f"{args.checkpoint}.npz"
     if not ckpt.exists():
-        raise FileNotFoundError(f"no best checkpoint at {ckpt} (train with validation first)")
+        raise FileNotFoundError(f"no {args.checkpoint} checkpoint at {ckpt} (train with validation first)")
     if args.model == "uvreg":
         return export_uvreg(args, ckpt)
     model = build_model(args.model, args.width)
@@ -650,7 +650,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
     dest = Path(args.release) if args.release else MODELS_DIR / f"{UVREG_RELEASE}-v1.npz"
     dest.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": "uvreg", "width": cfg["width"], "stages": [list(s) for s in STAGES],
-            "step": state["best_step"], "val_nme68_vs_teacher": state["best_nme"],
+            "step": state["step"], "checkpoint": args.checkpoint,
+            "val_nme68_vs_teacher": state["history"][-1]["val_nme68"] if state["history"] else None,
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
@@ -718,6 +719,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true", help="export <out>/best.npz to fp32/fp16 ONNX, exit")
     p.add_argument("--manifest", default=None, help="manifest for --export (default <out>/manifest.json)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="which checkpoint --export writes (best = lowest validation NME68)")
     p.add_argument("--release", default=None, metavar="FILE",
                    help="uvreg --export: release file (default realtime_prn/models/uvreg-v1.npz)")
     p.add_argument("--validate-onnx", default=None, metavar="FILE",
