@@ -46,6 +46,11 @@ def _engines_for(model: str, crops: np.ndarray, args):
         from realtime_prn.network.mb05uv import build_mb05uv_model
         keras = build_mb05uv_model()
         onnx_paths = {"onnxruntime fp32": build_mb05uv_onnx()}
+    elif model == "uvreg":  # this project's trained weights, through the same resolution as users
+        from realtime_prn.weights import keras_model, onnx_model, resolve_weights
+        spec = resolve_weights("uvreg")
+        keras = keras_model(spec)
+        onnx_paths = {"onnxruntime fp32": onnx_model(spec)}
     else:  # resfcn256 with random weights: speed only, the official weights are not here
         import tensorflow as tf
 
@@ -159,8 +164,9 @@ def bench_stages(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["mb05uv", "resfcn256"],
-                   help="mb05uv (default weights) and/or resfcn256 (random weights: speed only)")
+    p.add_argument("--models", nargs="+", default=["mb05uv", "uvreg", "resfcn256"],
+                   help="mb05uv (default weights), uvreg (our trained weights) and/or resfcn256 "
+                        "(random weights: speed only)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--runs", type=int, default=7, help="timed runs per figure (median)")
     p.add_argument("--threads", type=int, default=None)
