@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -69,3 +70,15 @@ def synth():
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def train_tool():
+    """tools/train.py as a module (tools/ is not a package), registered once so its dataclasses
+    work and every test module shares the same copy."""
+    if "train_tool" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools" / "train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["train_tool"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["train_tool"]

@@ -4,28 +4,12 @@ Fast (no corpus labelling): synthetic parameter sets, the one 300W-LP sample, a 
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from realtime_prn.crop import region_from_landmarks
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = "samples_300wlp/IBUG_image_008_1_0"
-
-
-def _train_module():
-    """tools/train.py as a module (tools/ is not a package); registered so dataclasses work."""
-    if "train_tool" in sys.modules:
-        return sys.modules["train_tool"]
-    spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_tool"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +142,8 @@ def test_augmentation_keeps_image_and_label_consistent(decoder, basis, assets):
         assert np.ptp(lm[:, 2]) == pytest.approx(k * np.ptp(ref[:, 2]), rel=1e-3)
 
 
-def test_loss_weights_follow_paper_ratio(assets, basis):
-    tool = _train_module()
+def test_loss_weights_follow_paper_ratio(assets, basis, train_tool):
+    tool = train_tool
     w = tool.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)
     assert set(np.unique(w).tolist()) == {0.0, 3.0, 4.0, 16.0}
     assert (w == 16).sum() == 68
@@ -168,8 +152,8 @@ def test_loss_weights_follow_paper_ratio(assets, basis):
     assert (w == 4).sum() > 10000  # eyes, nose, mouth
 
 
-def test_split_by_group_is_disjoint_and_seeded():
-    tool = _train_module()
+def test_split_by_group_is_disjoint_and_seeded(train_tool):
+    tool = train_tool
     groups = np.array([f"g{i // 3}" for i in range(300)] + [f"s{i}" for i in range(200)])
     a = tool.split_by_group(groups, 0.1, 0, 1000)
     assert np.array_equal(a, tool.split_by_group(groups, 0.1, 0, 1000))
@@ -177,7 +161,7 @@ def test_split_by_group_is_disjoint_and_seeded():
     assert 40 <= a.sum() <= 60
 
 
-def test_resume_is_exact(tmp_path, decoder, basis, assets):
+def test_resume_is_exact(tmp_path, decoder, basis, assets, train_tool):
     """2 steps + checkpoint + a fresh process-like Trainer + 2 steps == 4 uninterrupted steps."""
     tf = pytest.importorskip("tensorflow")
     import keras
@@ -186,7 +170,7 @@ def test_resume_is_exact(tmp_path, decoder, basis, assets):
     from realtime_prn.training.labels import teacher_landmarks
     from realtime_prn.training.student import build_student
     tf.config.experimental.enable_op_determinism()
-    tool = _train_module()
+    tool = train_tool
     q = _synthetic_params(4, seed=7)
     roi = np.tile(np.array([60.0, 60.0, 240.0, 240.0], np.float32), (4, 1))
     lms = np.stack([teacher_landmarks(p, r, basis[1])[:2].T for p, r in zip(q, roi)])

@@ -8,7 +8,6 @@ measurements in the docstrings, where the trained weights are involved.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -27,14 +26,6 @@ NME_BOUND = 5.3
 PHOTO_MEDIAN_BOUND = 6.0
 
 
-def _train_module():
-    if "train_tool" in sys.modules:
-        return sys.modules["train_tool"]
-    spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_tool"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +41,8 @@ def decoder():
 
 @pytest.fixture(scope="module")
 def labelled():
-    """Teacher params, rois and landmarks for two faces of the 300W-LP sample's convention: synthetic
-    teacher outputs (mean +- 0.5 std), so no corpus labelling is needed."""
+    """Teacher params, rois and landmarks for three synthetic faces (teacher stats mean +- 0.5 std),
+    so no corpus labelling is needed."""
     from realtime_prn.network.mb05 import load_param_stats
     from realtime_prn.network.uv_basis import load_sparse68
     from realtime_prn.training.labels import teacher_landmarks
@@ -81,12 +72,12 @@ def test_crop_params_follow_the_crop_similarity(decoder, labelled, assets):
     assert np.abs(got - decoder.posmap(q[0], roi[0], a @ base)).max() == 0
 
 
-def test_closed_form_loss_equals_dense_weighted_loss(decoder, labelled, assets):
+def test_closed_form_loss_equals_dense_weighted_loss(decoder, labelled, assets, train_tool):
     """The Gram-matrix loss == PRN's weighted map MSE (z compared after its weighted mean)."""
     pytest.importorskip("tensorflow")
     import tensorflow as tf
 
-    tool = _train_module()
+    tool = train_tool
     q, roi, lms = labelled
     w = tool.loss_weights(assets.weight_mask, assets.face_mask, decoder.covered)
     base = [region_from_landmarks(lm).matrix() for lm in lms]
