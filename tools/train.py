@@ -452,21 +452,25 @@ def write_curves(out: Path, st: TrainState) -> None:
 # Wiring
 
 
-def make_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
-                  data_root: str | None = None, yaw: bool = False) -> tuple[FaceData, FaceData, dict]:
-    """Train / val FaceData from a LabelSet (ok rows only), split by group."""
+ImageLoader = Callable[[int], np.ndarray]
+
+
+def split_corpus(labels: object, seed: int, val_fraction: float, val_max: int, data_root: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict, Callable[[np.ndarray], ImageLoader]]:
+    """Train / val label rows (ok rows only, split by group), split info, and ``loader(rows)``: a
+    function that reads image i of those rows (BGR uint8) or raises OSError naming the file."""
     import cv2
 
-    from realtime_prn.assets import grid_triangles
-    from realtime_prn.training.labels import PosmapDecoder, corpus_dir
+    from realtime_prn.training.labels import corpus_dir
 
     root = corpus_dir(data_root)
     ok = np.flatnonzero(labels.ok)
     is_val = split_by_group(labels.groups[ok], val_fraction, seed, val_max)
-    dec = PosmapDecoder()
-    tris = grid_triangles(dec.covered) if yaw else None
+    tr, va = ok[~is_val], ok[is_val]
+    info = {"n_train": len(tr), "n_val": len(va), "val_groups": int(len(np.unique(labels.groups[va]))),
+            "dropped_not_ok": int((~labels.ok).sum())}
 
-    def subset(rows: np.ndarray, c: AugmentConfig) -> FaceData:
+    def loader(rows: np.ndarray) -> ImageLoader:
         files = labels.files[rows]
 
         def load(i: int) -> np.ndarray:
@@ -475,12 +479,25 @@ def make_datasets(labels: object, seed: int, val_fraction: float, val_max: int, 
                 raise OSError(f"cannot read {root / files[i]}")
             return img
 
-        return FaceData(labels.params[rows], labels.roi[rows], labels.landmarks[rows], load, dec, c, seed,
-                        tris)
+        return load
 
-    tr, va = ok[~is_val], ok[is_val]
-    info = {"n_train": len(tr), "n_val": len(va), "val_groups": int(len(np.unique(labels.groups[va]))),
-            "dropped_not_ok": int((~labels.ok).sum())}
+    return tr, va, info, loader
+
+
+def make_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
+                  data_root: str | None = None, yaw: bool = False) -> tuple[FaceData, FaceData, dict]:
+    """Train / val FaceData from a LabelSet (ok rows only), split by group."""
+    from realtime_prn.assets import grid_triangles
+    from realtime_prn.training.labels import PosmapDecoder
+
+    tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
+    dec = PosmapDecoder()
+    tris = grid_triangles(dec.covered) if yaw else None
+
+    def subset(rows: np.ndarray, c: AugmentConfig) -> FaceData:
+        return FaceData(labels.params[rows], labels.roi[rows], labels.landmarks[rows], loader(rows), dec, c,
+                        seed, tris)
+
     return subset(tr, cfg), subset(va, NO_AUGMENT), info
 
 
@@ -518,30 +535,19 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     ``synth`` large-pose faces synthesised from the training faces join the training set."""
     import cv2
 
-    from realtime_prn.training.labels import PosmapDecoder, corpus_dir
+    from realtime_prn.training.labels import PosmapDecoder
     from realtime_prn.training.uvreg_data import UVRegData, build_cache, synthesise_large_poses
 
-    root = corpus_dir(data_root)
-    ok = np.flatnonzero(labels.ok)
-    is_val = split_by_group(labels.groups[ok], val_fraction, seed, val_max)
+    tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
+    info["n_synth"] = synth
     dec = PosmapDecoder()
     cv2.setNumThreads(2)
 
     def subset(rows: np.ndarray, c: AugmentConfig) -> object:
-        files = labels.files[rows]
-
-        def load(i: int) -> np.ndarray:
-            img = cv2.imread(str(root / files[i]), cv2.IMREAD_COLOR)
-            if img is None:
-                raise OSError(f"cannot read {root / files[i]}")
-            return img
-
-        cache, q = build_cache(labels.landmarks[rows], load, labels.params[rows], labels.roi[rows], dec)
+        cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
+                               dec)
         return UVRegData(cache, q, dec, c, seed)
 
-    tr, va = ok[~is_val], ok[is_val]
-    info = {"n_train": len(tr), "n_val": len(va), "val_groups": int(len(np.unique(labels.groups[va]))),
-            "dropped_not_ok": int((~labels.ok).sum()), "n_synth": synth}
     train = subset(tr, cfg)
     if synth:
         cache, q = synthesise_large_poses(train.cache, train.q_cache, dec, synth, seed)
