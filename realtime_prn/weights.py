@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import PROJECT_ROOT, engines_dir
+from .paths import PROJECT_ROOT, engines_dir, sha256_file
 from .paths import data_root as resolve_data_root
 
 ENV_WEIGHTS = "REALTIME_PRN_WEIGHTS"
@@ -51,7 +51,7 @@ def release_file(name: str = UVREG_RELEASE) -> Path:
     path = MODELS_DIR / entry["file"]
     if not path.is_file():
         raise WeightsError(f"released weights missing: {path} (broken checkout? `git checkout -- {path}`)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise WeightsError(f"{path} does not match its manifest sha256 (corrupt or replaced): "
                            f"{digest[:12]}… != {entry['sha256'][:12]}…")
@@ -167,11 +167,15 @@ def onnx_model(spec: WeightsSpec, data_root=None, log=print) -> Path:
         return build_mb05uv_onnx(data_root=data_root)
     if spec.kind == "uvreg":
         from .network.export import build_uvreg_onnx, uvreg_onnx_path
-        if not uvreg_onnx_path(spec.path, data_root).exists() and "tensorflow" not in sys.modules:
+        path = uvreg_onnx_path(spec.path, data_root)  # hashes weights, basis inputs and code: once
+        if path.exists():
+            return path
+        if "tensorflow" not in sys.modules:
             log(f"building the uvreg ONNX model from {spec.path.name} (once, about 20 s) ...")
             _export_in_child(["--uvreg", str(spec.path)], "uvreg", data_root)
+            return path
         try:
-            return build_uvreg_onnx(spec.path, data_root)
+            return build_uvreg_onnx(spec.path, data_root, path)
         except (ValueError, OSError) as exc:
             raise WeightsError(str(exc)) from None
     from .network.export import keras_to_onnx

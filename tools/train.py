@@ -596,12 +596,11 @@ def benchmark(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace, out: Path) -> int:
     """best.npz -> fp32 + fp16 ONNX (I/O stays float32) and a manifest with their sha256."""
-    import hashlib
-
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from realtime_prn.network.export import keras_to_onnx
+    from realtime_prn.paths import sha256_file
     from realtime_prn.training.student import build_model
 
     ckpt = out / f"{args.checkpoint}.npz"
@@ -620,13 +619,10 @@ def export(args: argparse.Namespace, out: Path) -> int:
     fp16 = out / f"{args.model}-best-fp16.onnx"
     onnx.save(m16, str(fp16))
 
-    def sha(p: Path) -> str:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
-
     manifest_path = Path(args.manifest) if args.manifest else out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest[fp16.name] = {"sha256": sha(fp16), "bytes": fp16.stat().st_size, "fp32": fp32.name,
-                           "fp32_sha256": sha(fp32), "model": args.model, "width": args.width,
+    manifest[fp16.name] = {"sha256": sha256_file(fp16), "bytes": fp16.stat().st_size, "fp32": fp32.name,
+                           "fp32_sha256": sha256_file(fp32), "model": args.model, "width": args.width,
                            "step": state["best_step"], "val_nme68": state["best_nme"],
                            "note": "trained by tools/train.py on teacher labels; "
                                    "not shipped unless it beats mb05uv"}
@@ -641,9 +637,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
     Only the trained backbone is written: the decoder's UV basis is rebuilt from shared/ on each
     machine (``python -m realtime_prn setup``), so nothing derived from the BFM is committed.
     """
-    import hashlib
-
     from realtime_prn.network.uvreg import STAGES, build_backbone, save_weights
+    from realtime_prn.paths import sha256_file
     from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
 
     with np.load(ckpt) as z:
@@ -663,7 +658,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
     manifest_path = dest.parent / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest[UVREG_RELEASE] = {"file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+    manifest[UVREG_RELEASE] = {"file": dest.name, "sha256": sha256_file(dest),
                                "bytes": dest.stat().st_size, **meta}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.2f} MB, fp16) and {manifest_path}")

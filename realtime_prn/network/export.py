@@ -146,13 +146,15 @@ def uvreg_onnx_path(weights_file: str | os.PathLike, data_root: str | os.PathLik
     return engines_dir() / f"uvreg-{h.hexdigest()[:16]}.onnx"
 
 
-def build_uvreg_onnx(weights_file: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+def build_uvreg_onnx(weights_file: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                     path: Path | None = None) -> Path:
     """The PRN-I/O ONNX of a uvreg release file (backbone weights + the locally built UV basis).
 
     Why built here and not shipped: the decoder's constant is derived from the BFM files under
-    ``shared/``, which are never committed; only the trained backbone (a few MB) is.
+    ``shared/``, which are never committed; only the trained backbone (a few MB) is. ``path``:
+    :func:`uvreg_onnx_path`, when the caller has it already.
     """
-    path = uvreg_onnx_path(weights_file, data_root)
+    path = path or uvreg_onnx_path(weights_file, data_root)
     if path.exists():
         return path
     from realtime_prn.network.uvreg import build_uvreg_model, load_weights
