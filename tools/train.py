@@ -595,7 +595,7 @@ def benchmark(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace, out: Path) -> int:
-    """best.npz -> fp32 + fp16 ONNX (I/O stays float32) and a manifest with their sha256."""
+    """<checkpoint>.npz -> fp32 + fp16 ONNX (I/O stays float32) and a manifest with their sha256."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -614,16 +614,16 @@ def export(args: argparse.Namespace, out: Path) -> int:
         for v, k in zip(model.weights, keys):
             v.assign(z[k])
         state = json.loads(str(z["state"]))
-    fp32 = keras_to_onnx(model, out / f"{args.model}-best-fp32.onnx")
+    fp32 = keras_to_onnx(model, out / f"{args.model}-{args.checkpoint}-fp32.onnx")
     m16 = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-    fp16 = out / f"{args.model}-best-fp16.onnx"
+    fp16 = out / f"{args.model}-{args.checkpoint}-fp16.onnx"
     onnx.save(m16, str(fp16))
 
     manifest_path = Path(args.manifest) if args.manifest else out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[fp16.name] = {"sha256": sha256_file(fp16), "bytes": fp16.stat().st_size, "fp32": fp32.name,
                            "fp32_sha256": sha256_file(fp32), "model": args.model, "width": args.width,
-                           "step": state["best_step"], "val_nme68": state["best_nme"],
+                           "step": state["step"], "best_val_nme68": state["best_nme"],
                            "note": "trained by tools/train.py on teacher labels; "
                                    "not shipped unless it beats mb05uv"}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")

@@ -340,6 +340,7 @@ class PosmapDecoder:
         self.rows = rows
         self.covered = ub.covered
         self._cov_flat = ub.covered.reshape(n)
+        self._rows_mean = rows[:, self._cov_flat].astype(np.float64).mean(axis=1)  # for centroid()
 
     def image_affine(self, params: np.ndarray, roi: np.ndarray | list[float]) -> np.ndarray:
         """3x4 affine: BFM point -> image pixels (x, y, and z scaled like them; no min-z shift).
@@ -392,8 +393,6 @@ class PosmapDecoder:
     def centroid(self, q: np.ndarray) -> np.ndarray:
         """Mean of the covered points of ``q``'s map before the z shift (the turn centre of the yaw
         synthesis)."""
-        if not hasattr(self, "_rows_mean"):
-            self._rows_mean = self.rows[:, self._cov_flat].astype(np.float64).mean(axis=1)
         return self.coef(q) @ self._rows_mean
 
     def posmap_from_crop_params(self, q: np.ndarray) -> np.ndarray:
