@@ -12,9 +12,10 @@ does, ~10 ms) would starve it. Here:
   similarity warps image and label) and the 50 coefficients;
 * PRN's weighted position-map loss is evaluated in closed form. The map is linear in the
   coefficient block C (3 x 154), ``pos_d = C_d @ rows``, so
-  ``sum_p w_p (pos_d - gt_d)^2 = dC_d (rows W rows^T) dC_d^T``: one 154x154 Gram matrix per axis
-  instead of two 256x256x3 maps per sample. z is compared after removing its weighted mean (z is
-  only defined up to a shift; PRN fixes it by min z = 0, which is not differentiable-friendly).
+  ``sum_p w_p (pos_d - gt_d)^2 = dC_d (rows W rows^T) dC_d^T``: a 154x154 Gram matrix (one for
+  x and y, one of weighted-mean-centred rows for z) instead of two 256x256x3 maps per sample. z is
+  compared after removing its weighted mean (z is only defined up to a shift; PRN fixes it by
+  min z = 0, which is not differentiable-friendly).
   The Gram is factored once in float64 (G = F F^T) so the loss is the float32 sum of squares of
   ``dC @ F`` -- no cancellation.
 """
@@ -137,7 +138,7 @@ class UVRegData:
     def sample(self, row: int, rng: np.random.Generator, cfg: AugmentConfig
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(256 RGB [0,1] crop, 62 crop params float32, cache -> crop matrix)."""
-        m = random_crop_matrix(_Base(np.linalg.inv(cache_matrix())), rng, cfg)
+        m = random_crop_matrix(_CACHE_AS_CROP, rng, cfg)
         crop = cv2.warpAffine(self.cache[row], m[:2], (RES, RES), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
@@ -164,6 +165,10 @@ class _Base:
         return self._m
 
 
+#: The un-augmented crop seen from the cache frame (cache -> crop), the base of every sample.
+_CACHE_AS_CROP = _Base(np.linalg.inv(cache_matrix()))
+
+
 def to_input(crop256: np.ndarray) -> np.ndarray:
     """The network's 128 input in [-1, 1]: the exact 2x2 average of the 256 crop (== model's to_128)."""
     small = crop256.reshape(INPUT, 2, INPUT, 2, 3).mean(axis=(1, 3))
@@ -174,8 +179,8 @@ def param_stats(data: UVRegData, n: int = 4096, seed: int = 12345) -> tuple[np.n
     """Mean/std of augmented crop-frame labels (no images needed), the network's output scale."""
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(data), n)
-    base = _Base(np.linalg.inv(cache_matrix()))
-    qs = np.stack([move_params(data.q_cache[r], random_crop_matrix(base, rng, data.cfg)) for r in rows])
+    qs = np.stack([move_params(data.q_cache[r], random_crop_matrix(_CACHE_AS_CROP, rng, data.cfg))
+                   for r in rows])
     std = qs.std(axis=0)
     return qs.mean(axis=0).astype(np.float32), np.maximum(std, 1e-6 * np.abs(qs).max(axis=0) + 1e-12).astype(
         np.float32)
