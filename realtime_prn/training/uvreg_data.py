@@ -128,6 +128,7 @@ class UVRegData:
     decoder: object  # labels.PosmapDecoder
     cfg: AugmentConfig
     seed: int
+    synthetic: np.ndarray | None = None  # (N,) bool: rows made by synthesise_large_poses
 
     def __len__(self) -> int:
         return len(self.q_cache)
