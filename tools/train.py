@@ -662,20 +662,27 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
         keys = sorted(k for k in z.files if k.startswith("w"))
         for v, k in zip(backbone.weights, keys):
             v.assign(z[k])
-    dest = Path(args.release) if args.release else MODELS_DIR / f"{UVREG_RELEASE}-v1.npz"
+    manifest_path = (Path(args.release).parent if args.release else MODELS_DIR) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    previous = manifest.get(UVREG_RELEASE, {}).get("file")
+    # default: replace the current release file (a new release gets a new name via --release)
+    dest = Path(args.release) if args.release else MODELS_DIR / (previous or f"{UVREG_RELEASE}-v1.npz")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # the validation record of the exported step itself (last.npz may be past the last validation)
+    val = next((r for r in state["history"] if r["step"] == state["step"]), {})
     meta = {"model": "uvreg", "width": cfg["width"], "stages": [list(s) for s in STAGES],
             "step": state["step"], "checkpoint": args.checkpoint,
-            "val_nme68_vs_teacher": state["history"][-1]["val_nme68"] if state["history"] else None,
+            "val_nme68_vs_teacher": val.get("val_nme68"),
+            **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
-    manifest_path = dest.parent / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[UVREG_RELEASE] = {"file": dest.name, "sha256": sha256_file(dest),
                                "bytes": dest.stat().st_size, **meta}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.2f} MB, fp16) and {manifest_path}")
+    if previous and previous != dest.name:
+        print(f"{dest.parent / previous} is no longer referenced by the manifest: remove it from the repo")
     return 0
 
 
@@ -742,7 +749,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="which checkpoint --export writes (best = lowest validation NME68)")
     p.add_argument("--release", default=None, metavar="FILE",
-                   help="uvreg --export: release file (default realtime_prn/models/uvreg-v1.npz)")
+                   help="uvreg --export: release file (default: replace the manifest's current one, "
+                        "realtime_prn/models/uvreg-v*.npz)")
     p.add_argument("--validate-onnx", default=None, metavar="FILE",
                    help="score an ONNX model on the val split, exit")
     return p.parse_args(argv)
