@@ -227,6 +227,40 @@ def test_validation_scores_real_and_turned_faces_apart(decoder, labelled, assets
 # ------------------------------------------------------------------------- the release file
 
 
+def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, capsys):
+    """--export of a checkpoint: fp16 backbone equal to the checkpoint's weights, the manifest's
+    sha256 and step, the validation figures of that step (not of a later one); a second export
+    under a new name reports the file it orphans."""
+    import argparse
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import build_backbone, load_weights
+    from realtime_prn.paths import sha256_file
+
+    tool = train_tool
+    backbone = build_backbone(0.25)
+    tr = tool.Trainer(backbone, np.ones((256, 256), np.float32), None, None, None, None, log=lambda s: None)
+    tr.state.step = 7
+    tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0] * 62}
+    tr.state.history = [{"step": 7, "val_nme68": 3.0, "val_score": 3.5}, {"step": 9, "val_nme68": 9.0}]
+    tr.save(tmp_path / "ck.npz")
+    args = argparse.Namespace(release=str(tmp_path / "rel" / "uvreg-v1.npz"), checkpoint="last")
+    assert tool.export_uvreg(args, tmp_path / "ck.npz") == 0
+    entry = json.loads((tmp_path / "rel" / "manifest.json").read_text())["uvreg"]
+    assert entry["sha256"] == sha256_file(tmp_path / "rel" / "uvreg-v1.npz")
+    assert (entry["step"], entry["val_nme68_vs_teacher"], entry["val_score"]) == (7, 3.0, 3.5)
+    loaded, p_mean, p_std, meta = load_weights(tmp_path / "rel" / "uvreg-v1.npz")
+    for a, b in zip(backbone.weights, loaded.weights):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a).astype(np.float16), rtol=0, atol=0)
+    args.release = str(tmp_path / "rel" / "uvreg-v2.npz")
+    capsys.readouterr()
+    tool.export_uvreg(args, tmp_path / "ck.npz")
+    assert "uvreg-v1.npz is no longer referenced" in capsys.readouterr().out
+    entry = json.loads((tmp_path / "rel" / "manifest.json").read_text())["uvreg"]
+    assert entry["file"] == "uvreg-v2.npz"
+
+
 def test_release_file_matches_manifest_and_resolves():
     from realtime_prn.weights import MODELS_DIR, release_file, resolve_weights
 
