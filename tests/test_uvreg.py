@@ -317,8 +317,8 @@ def test_released_weights_on_aflw_subset(released):
     """First 100 sorted AFLW2000-3D images, PRN's 1.6 landmark crop (test data: measured, never tuned).
 
     Measured: uvreg-v2 4.917 (TensorFlow; v1 4.894 -- v2 gained on turned faces, all 2000: 5.364
-    vs 5.572); mb05uv 3.113 and the teacher 3.012 on the same 100; the mean shape ~10. The bound fails for a broken decoder, frame or resize (whole NME points) or an
-    untrained / wrong file.
+    vs 5.572); mb05uv 3.113 and the teacher 3.012 on the same 100; the mean shape ~10. The bound
+    fails for a broken decoder, frame or resize (whole NME points) or an untrained / wrong file.
     """
     import check_teacher_port as tool
 
