@@ -142,9 +142,9 @@ def test_augmentation_keeps_image_and_label_consistent(decoder, basis, assets):
         assert np.ptp(lm[:, 2]) == pytest.approx(k * np.ptp(ref[:, 2]), rel=1e-3)
 
 
-def test_loss_weights_follow_paper_ratio(assets, basis, train_tool):
-    tool = train_tool
-    w = tool.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)
+def test_loss_weights_follow_paper_ratio(assets, basis):
+    from realtime_prn.training import trainer as trainer_mod
+    w = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)
     assert set(np.unique(w).tolist()) == {0.0, 3.0, 4.0, 16.0}
     assert (w == 16).sum() == 68
     assert np.all(w[assets.kpt_ind[1], assets.kpt_ind[0]] == 16)
@@ -152,16 +152,16 @@ def test_loss_weights_follow_paper_ratio(assets, basis, train_tool):
     assert (w == 4).sum() > 10000  # eyes, nose, mouth
 
 
-def test_split_by_group_is_disjoint_and_seeded(train_tool):
-    tool = train_tool
+def test_split_by_group_is_disjoint_and_seeded():
+    from realtime_prn.training import trainer as trainer_mod
     groups = np.array([f"g{i // 3}" for i in range(300)] + [f"s{i}" for i in range(200)])
-    a = tool.split_by_group(groups, 0.1, 0, 1000)
-    assert np.array_equal(a, tool.split_by_group(groups, 0.1, 0, 1000))
+    a = trainer_mod.split_by_group(groups, 0.1, 0, 1000)
+    assert np.array_equal(a, trainer_mod.split_by_group(groups, 0.1, 0, 1000))
     assert not set(groups[a]) & set(groups[~a])
     assert 40 <= a.sum() <= 60
 
 
-def test_resume_is_exact(tmp_path, decoder, basis, assets, train_tool):
+def test_resume_is_exact(tmp_path, decoder, basis, assets):
     """2 steps + checkpoint + a fresh process-like Trainer + 2 steps == 4 uninterrupted steps."""
     tf = pytest.importorskip("tensorflow")
     import keras
@@ -170,18 +170,18 @@ def test_resume_is_exact(tmp_path, decoder, basis, assets, train_tool):
     from realtime_prn.training.labels import teacher_landmarks
     from realtime_prn.training.student import build_student
     tf.config.experimental.enable_op_determinism()
-    tool = train_tool
+    from realtime_prn.training import trainer as trainer_mod
     q = _synthetic_params(4, seed=7)
     roi = np.tile(np.array([60.0, 60.0, 240.0, 240.0], np.float32), (4, 1))
     lms = np.stack([teacher_landmarks(p, r, basis[1])[:2].T for p, r in zip(q, roi)])
     imgs = [np.random.default_rng(i).integers(0, 255, (300, 300, 3), dtype=np.uint8) for i in range(4)]
-    data = tool.FaceData(q, roi, lms, lambda i: imgs[i], decoder, AugmentConfig(), seed=3)
-    w = tool.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)
+    data = trainer_mod.FaceData(q, roi, lms, lambda i: imgs[i], decoder, AugmentConfig(), seed=3)
+    w = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)
 
     def trainer(seed: int):
         keras.utils.set_random_seed(seed)
         model = build_student(width=0.25)
-        return tool.Trainer(model, w, data, None, assets.kpt_ind, assets.face_ind, batch=2, lr=1e-3,
+        return trainer_mod.Trainer(model, w, data, None, assets.kpt_ind, assets.face_ind, batch=2, lr=1e-3,
                             halve_every_steps=3, workers=2, log=lambda s: None)
 
     full = trainer(0)

@@ -72,20 +72,21 @@ def test_crop_params_follow_the_crop_similarity(decoder, labelled, assets):
     assert np.abs(got - decoder.posmap(q[0], roi[0], a @ base)).max() == 0
 
 
-def test_closed_form_loss_equals_dense_weighted_loss(decoder, labelled, assets, train_tool):
+def test_closed_form_loss_equals_dense_weighted_loss(decoder, labelled, assets):
     """The Gram-matrix loss == PRN's weighted map MSE (z compared after its weighted mean)."""
     pytest.importorskip("tensorflow")
     import tensorflow as tf
 
-    tool = train_tool
+    from realtime_prn.training import datasets as datasets_mod
+    from realtime_prn.training import trainer as trainer_mod
     q, roi, lms = labelled
-    w = tool.loss_weights(assets.weight_mask, assets.face_mask, decoder.covered)
+    w = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, decoder.covered)
     base = [region_from_landmarks(lm).matrix() for lm in lms]
     qa = np.stack([decoder.crop_params(q[i], roi[i], base[i]) for i in range(3)]).astype(np.float32)
     qb = np.roll(qa, 1, axis=0)
     mean = qa.mean(0).astype(np.float32)
     std = (qa.std(0) + 1e-3).astype(np.float32)
-    loss = tool.uvreg_loss(decoder.rows, w, mean, std)
+    loss = datasets_mod.uvreg_loss(decoder.rows, w, mean, std)
     got = np.asarray(loss(tf.constant((qa - mean) / std), tf.constant(qb)))
     for i in range(3):
         pa, pb = decoder.posmap_from_crop_params(qa[i]), decoder.posmap_from_crop_params(qb[i])
@@ -182,12 +183,14 @@ def test_large_pose_synthesis_moves_texture_and_label_together(decoder, labelled
         assert np.median(err) < 2.0, np.median(err)  # the far side is hidden: median, not max
 
 
-def test_validation_scores_real_and_turned_faces_apart(decoder, labelled, assets, train_tool):
+def test_validation_scores_real_and_turned_faces_apart(decoder, labelled, assets):
     """A validation set with synthesised turned faces reports each half and picks checkpoints on
     their mean; the turned rows really are turned (>= 25 deg), and without them the score is the
     plain NME68."""
     pytest.importorskip("tensorflow")
     from realtime_prn.network.uvreg import build_backbone, build_uvreg_model
+    from realtime_prn.training import datasets as datasets_mod
+    from realtime_prn.training import trainer as trainer_mod
     from realtime_prn.training.augment import NO_AUGMENT
     from realtime_prn.training.uvreg_data import (
         UVRegData,
@@ -196,8 +199,6 @@ def test_validation_scores_real_and_turned_faces_apart(decoder, labelled, assets
         param_stats,
         synthesise_large_poses,
     )
-
-    tool = train_tool
     q, roi, lms = labelled
     imgs = [np.random.default_rng(i).integers(0, 255, (400, 400, 3), dtype=np.uint8) for i in range(3)]
     cache, qc = build_cache(lms, lambda i: imgs[i], q, roi, decoder, progress=False)
@@ -207,14 +208,15 @@ def test_validation_scores_real_and_turned_faces_apart(decoder, labelled, assets
     val = UVRegData(np.concatenate([cache, c2]), np.concatenate([qc, q2]), decoder, NO_AUGMENT, 0, turned)
     p_mean, p_std = param_stats(val, n=64)
     backbone = build_backbone(0.25)
-    w = tool.loss_weights(assets.weight_mask, assets.face_mask, decoder.covered)
-    tr = tool.Trainer(backbone, w, val, val, assets.kpt_ind, assets.face_ind, batch=2, log=lambda s: None,
-                      loss_fn=tool.uvreg_loss(decoder.rows, w, p_mean, p_std),
-                      predict_model=build_uvreg_model(backbone, p_mean, p_std))
+    w = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, decoder.covered)
+    loss_fn = datasets_mod.uvreg_loss(decoder.rows, w, p_mean, p_std)
+    tr = trainer_mod.Trainer(backbone, w, val, val, assets.kpt_ind, assets.face_ind, batch=2,
+                             log=lambda s: None, loss_fn=loss_fn,
+                             predict_model=build_uvreg_model(backbone, p_mean, p_std))
     rec = tr.validate()
     pairs = [val.eval_sample(r) for r in range(len(val))]
-    nme = tool.landmark_nme(tr.predict(np.stack([a for a, _ in pairs])), np.stack([b for _, b in pairs]),
-                            assets.kpt_ind)
+    nme = trainer_mod.landmark_nme(tr.predict(np.stack([a for a, _ in pairs])),
+                                   np.stack([b for _, b in pairs]), assets.kpt_ind)
     assert rec["val_nme68_real"] == pytest.approx(nme[:3].mean(), rel=1e-4)
     assert rec["val_nme68_turned"] == pytest.approx(nme[3:].mean(), rel=1e-4)
     assert rec["val_score"] == pytest.approx(0.5 * (nme[:3].mean() + nme[3:].mean()), rel=1e-4)
@@ -239,8 +241,10 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     from realtime_prn.paths import sha256_file
 
     tool = train_tool
+    from realtime_prn.training import trainer as trainer_mod
     backbone = build_backbone(0.25)
-    tr = tool.Trainer(backbone, np.ones((256, 256), np.float32), None, None, None, None, log=lambda s: None)
+    tr = trainer_mod.Trainer(backbone, np.ones((256, 256), np.float32), None, None, None, None,
+                             log=lambda s: None)
     tr.state.step = 7
     tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0] * 62}
     tr.state.history = [{"step": 7, "val_nme68": 3.0, "val_score": 3.5}, {"step": 9, "val_nme68": 9.0}]

@@ -1,4 +1,5 @@
 """Open training pipeline: teacher labels (labels), augmentation (augment), the light student (student).
 
-The loop itself is ``tools/train.py``. Nothing here is imported by the inference path.
+The loop is ``trainer.py``, the per-model data ``datasets.py``, the CLI ``tools/train.py``.
+Nothing here is imported by the inference path.
 """

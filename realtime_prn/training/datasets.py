@@ -1,0 +1,122 @@
+"""Training and validation sets for ``tools/train.py``: the corpus split by group, the dense
+datasets (resfcn256 / student) and uvreg's cached ones with synthesised large poses, and uvreg's
+closed-form loss.
+
+Why apart from the loop (:mod:`realtime_prn.training.trainer`): this is what differs per model;
+the loop is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig
+from realtime_prn.training.trainer import FaceData, split_by_group
+
+ImageLoader = Callable[[int], np.ndarray]
+
+
+def split_corpus(labels: object, seed: int, val_fraction: float, val_max: int, data_root: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict, Callable[[np.ndarray], ImageLoader]]:
+    """Train / val label rows (ok rows only, split by group), split info, and ``loader(rows)``: a
+    function that reads image i of those rows (BGR uint8) or raises OSError naming the file."""
+    import cv2
+
+    from realtime_prn.training.labels import corpus_dir
+
+    root = corpus_dir(data_root)
+    ok = np.flatnonzero(labels.ok)
+    is_val = split_by_group(labels.groups[ok], val_fraction, seed, val_max)
+    tr, va = ok[~is_val], ok[is_val]
+    info = {"n_train": len(tr), "n_val": len(va), "val_groups": int(len(np.unique(labels.groups[va]))),
+            "dropped_not_ok": int((~labels.ok).sum())}
+
+    def loader(rows: np.ndarray) -> ImageLoader:
+        files = labels.files[rows]
+
+        def load(i: int) -> np.ndarray:
+            img = cv2.imread(str(root / files[i]), cv2.IMREAD_COLOR)
+            if img is None:
+                raise OSError(f"cannot read {root / files[i]}")
+            return img
+
+        return load
+
+    return tr, va, info, loader
+
+
+def make_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
+                  data_root: str | None = None, yaw: bool = False) -> tuple[FaceData, FaceData, dict]:
+    """Train / val FaceData from a LabelSet (ok rows only), split by group."""
+    from realtime_prn.assets import grid_triangles
+    from realtime_prn.training.labels import PosmapDecoder
+
+    tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
+    dec = PosmapDecoder()
+    tris = grid_triangles(dec.covered) if yaw else None
+
+    def subset(rows: np.ndarray, c: AugmentConfig) -> FaceData:
+        return FaceData(labels.params[rows], labels.roi[rows], labels.landmarks[rows], loader(rows), dec, c,
+                        seed, tris)
+
+    return subset(tr, cfg), subset(va, NO_AUGMENT), info
+
+
+def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std: np.ndarray) -> Callable:
+    """PRN's weighted position-map loss for uvreg, per image, in closed form from the 62 parameters.
+
+    See :mod:`realtime_prn.training.uvreg_data`: ``|dC_d @ F_d|^2 / sum(w)`` per axis, where C is
+    the (3, 154) coefficient block of the decoded map; equal to the dense weighted MSE (z centred).
+    """
+    import tensorflow as tf
+
+    from realtime_prn.training.uvreg_data import gram_factors
+
+    f_xy, f_z, wsum = gram_factors(rows, weights)
+    nb = (rows.shape[0] - 1) // 3
+    factors = tf.constant(np.stack([f_xy, f_xy, f_z]))  # (3, 154, 154)
+    mean, std = tf.constant(p_mean[None], tf.float32), tf.constant(p_std[None], tf.float32)
+
+    def coef(q: tf.Tensor) -> tf.Tensor:
+        cam = tf.reshape(q[:, :12], (-1, 3, 4))
+        alpha = tf.concat([tf.ones_like(q[:, :1]), q[:, 12:]], axis=1)  # (N, 51)
+        c = tf.reshape(cam[:, :, :3, None] * alpha[:, None, None, :], (-1, 3, 3 * nb))
+        return tf.concat([c, cam[:, :, 3:]], axis=2)  # (N, 3, 154)
+
+    def loss(pred_norm: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
+        e = tf.einsum("ndk,dkj->ndj", coef(pred_norm * std + mean) - coef(q), factors)
+        return tf.reduce_sum(tf.square(e), axis=(1, 2)) / wsum
+
+    return loss
+
+
+def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
+                        data_root: str | None = None, synth: int = 0, val_synth: int = 0,
+                        synth_deg: tuple[float, float] = (30.0, 80.0)) -> tuple[object, object, dict]:
+    """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
+    ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
+    training / validation faces join their set (validation ones only from held-out groups)."""
+    import cv2
+
+    from realtime_prn.training.labels import PosmapDecoder
+    from realtime_prn.training.uvreg_data import UVRegData, build_cache, synthesise_large_poses
+
+    tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
+    info.update(n_synth=synth, n_val_synth=val_synth, synth_deg=list(synth_deg))
+    dec = PosmapDecoder()
+    cv2.setNumThreads(2)
+
+    def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int) -> object:
+        cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
+                               dec)
+        turned = np.zeros(len(q), bool)
+        if n_turned:
+            c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],
+                                            max_deg=synth_deg[1])
+            cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
+            turned = np.concatenate([turned, np.ones(n_turned, bool)])
+        return UVRegData(cache, q, dec, c, seed, turned)
+
+    return subset(tr, cfg, synth, seed), subset(va, NO_AUGMENT, val_synth, seed + 1), info
