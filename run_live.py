@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from realtime_prn import FaceReconstructor
     from realtime_prn.cli import options_from_args
-    from realtime_prn.video.pipeline import Pipeline, PipelineConfig, parse_per_frame
+    from realtime_prn.video.frame_outputs import parse_per_frame
+    from realtime_prn.video.pipeline import Pipeline, PipelineConfig
 
     if args.detect_every < 1:
         raise ValueError(f"--detect-every must be at least 1, got {args.detect_every}")

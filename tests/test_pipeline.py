@@ -21,7 +21,8 @@ import pytest
 from realtime_prn.errors import VideoError
 from realtime_prn.paths import data_root
 from realtime_prn.video.capture import Capture, EndOfStream, Frame, open_source
-from realtime_prn.video.pipeline import Pipeline, PipelineConfig, parse_per_frame
+from realtime_prn.video.frame_outputs import parse_per_frame
+from realtime_prn.video.pipeline import Pipeline, PipelineConfig
 from realtime_prn.video.smoothing import FaceSmoother, OneEuroFilter, landmark_jitter, still_segment
 from realtime_prn.video.tracking import FaceTracker, iou
 
