@@ -61,6 +61,7 @@ from realtime_prn.training.trainer import (  # noqa: E402
     weighted_loss_np,
     write_curves,
 )
+from realtime_prn.training.uvreg_data import SYNTH_DEG  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -243,14 +244,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-synth", type=int, default=0,
                    help="uvreg: add this many large-pose faces, synthesised from the held-out validation "
                         "faces, to validation; best.npz is then chosen on the mean of real and turned NME68")
-    p.add_argument("--synth-deg", type=float, nargs=2, default=(30.0, 80.0), metavar=("MIN", "MAX"),
+    p.add_argument("--synth-deg", type=float, nargs=2, default=SYNTH_DEG, metavar=("MIN", "MAX"),
                    help="uvreg: out-of-plane turn range (degrees) of the synthesised faces")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
-    p.add_argument("--export", action="store_true", help="export <out>/best.npz to fp32/fp16 ONNX, exit")
+    p.add_argument("--export", action="store_true",
+                   help="export <out>/<--checkpoint>.npz (student/resfcn256: fp32/fp16 ONNX; "
+                        "uvreg: the release file + manifest), exit")
     p.add_argument("--manifest", default=None, help="manifest for --export (default <out>/manifest.json)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
-                   help="which checkpoint --export writes (best = lowest validation NME68)")
+                   help="which checkpoint --export writes (best = lowest validation score: NME68, or the "
+                        "mean of its real and turned halves with --val-synth)")
     p.add_argument("--release", default=None, metavar="FILE",
                    help="uvreg --export: release file (default: replace the manifest's current one, "
                         "realtime_prn/models/uvreg-v*.npz)")

@@ -14,6 +14,7 @@ import numpy as np
 
 from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig
 from realtime_prn.training.trainer import FaceData, split_by_group
+from realtime_prn.training.uvreg_data import SYNTH_DEG
 
 ImageLoader = Callable[[int], np.ndarray]
 
@@ -94,7 +95,7 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
                         data_root: str | None = None, synth: int = 0, val_synth: int = 0,
-                        synth_deg: tuple[float, float] = (30.0, 80.0)) -> tuple[object, object, dict]:
+                        synth_deg: tuple[float, float] = SYNTH_DEG) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups)."""

@@ -187,6 +187,8 @@ class TrainState:
     epoch: int = 0
     pos: int = 0  # samples of ``epoch`` already consumed
     seed: int = 0
+    # the best validation *score* (val_score: NME68, or the mean of its real and turned halves when
+    # validation holds turned faces); the name stays so that older checkpoints load
     best_nme: float = float("inf")
     best_step: int = -1
     history: list[dict] = field(default_factory=list)  # validation records
@@ -274,7 +276,7 @@ class Trainer:
         return np.concatenate([np.asarray(self._predict(x[s : s + batch]), np.float32)
                                for s in range(0, len(x), batch)])
 
-    def validate(self, val_cache: list | None = None) -> dict:
+    def validate(self) -> dict:
         """Weighted loss, 68-point NME and dense NME (%) on the fixed, un-augmented validation crops."""
         assert self.val_data is not None
         losses, nmes, dnmes = [], [], []
@@ -388,7 +390,8 @@ class Trainer:
 def write_curves(out: Path, st: TrainState) -> None:
     """history.json, val_curve.csv and val_curve.png (validation + smoothed train loss)."""
     atomic_write_text(out / "history.json", json.dumps({"val": st.history, "train": st.train_log,
-                                                         "best_step": st.best_step, "best_nme68": st.best_nme,
+                                                         "best_step": st.best_step,
+                                                         "best_val_score": st.best_nme,
                                                          "config": st.config}, indent=1))
     lines = ["step,epoch,val_loss,val_nme68,val_dense_nme"]
     lines += [f"{r['step']},{r['epoch']},{r['val_loss']:.4f},{r['val_nme68']:.4f},{r['val_dense_nme']:.4f}"

@@ -72,17 +72,22 @@ def build_cache(landmarks: np.ndarray, load_image: Callable[[int], np.ndarray], 
     return cache, q
 
 
+#: Default out-of-plane turn range (degrees) of the synthesised large-pose faces.
+SYNTH_DEG = (30.0, 80.0)
+
+
 def synthesise_large_poses(cache: np.ndarray, q: np.ndarray, decoder: object, n: int, seed: int,
-                           progress: bool = True, min_deg: float = 30.0, max_deg: float = 80.0,
-                           limit_deg: float = 88.0) -> tuple[np.ndarray, np.ndarray]:
+                           progress: bool = True, min_deg: float = SYNTH_DEG[0],
+                           max_deg: float = SYNTH_DEG[1], limit_deg: float = 88.0
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` extra faces turned out of plane (simple 300W-LP), as cache images + cache-frame labels.
 
     Why: 96 % of the corpus' faces have |yaw| <= 30 deg (teacher labels) and 3 of 8,007 exceed 60,
     so a model trained on it alone fails on profiles (AFLW2000-3D (60,90] bin: 20 % NME measured).
-    Each synthetic face: a random source, turned by 30-80 deg in the direction that increases its
-    |yaw| (capped at 88 deg), the original face blurred away, the turned face rendered with its own
-    texture (:func:`augment.synthesise_yaw`). Labels come from :func:`augment.turned_camera`, exact
-    for x, y. Deterministic in ``seed``.
+    Each synthetic face: a random source, turned by ``min_deg``-``max_deg`` (default 30-80) in the
+    direction that increases its |yaw| (capped at ``limit_deg``), the original face blurred away, the
+    turned face rendered with its own texture (:func:`augment.synthesise_yaw`). Labels come from
+    :func:`augment.turned_camera`, exact for x, y. Deterministic in ``seed``.
     """
     from tqdm import tqdm
 
