@@ -61,7 +61,7 @@ from realtime_prn.training.trainer import (  # noqa: E402
     weighted_loss_np,
     write_curves,
 )
-from realtime_prn.training.uvreg_data import SYNTH_DEG  # noqa: E402
+from realtime_prn.training.uvreg_data import SYNTH_DEG, SYNTH_METHODS  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -207,9 +207,14 @@ def validate_onnx(args: argparse.Namespace, val: FaceData, a: object, w: np.ndar
         losses.append(weighted_loss_np(p, y[None], w)[0])
         nmes.append(landmark_nme(p, y[None], a.kpt_ind)[0])
         dnmes.append(dense_nme(p, y[None], a.face_ind, a.kpt_ind)[0])
-    print(json.dumps({"onnx": args.validate_onnx, "n_val": len(val), "val_loss": float(np.mean(losses)),
-                      "val_nme68": float(np.mean(nmes)), "val_dense_nme": float(np.mean(dnmes)),
-                      "ms_per_face_median": float(np.median(ms[1:] if len(ms) > 1 else ms))}))
+    rec = {"onnx": args.validate_onnx, "n_val": len(val), "val_loss": float(np.mean(losses)),
+           "val_nme68": float(np.mean(nmes)), "val_dense_nme": float(np.mean(dnmes)),
+           "ms_per_face_median": float(np.median(ms[1:] if len(ms) > 1 else ms))}
+    turned = getattr(val, "synthetic", None)
+    if turned is not None and turned.any():
+        nmes = np.asarray(nmes)
+        rec.update(val_nme68_real=float(nmes[~turned].mean()), val_nme68_turned=float(nmes[turned].mean()))
+    print(json.dumps(rec))
     return 0
 
 
@@ -246,6 +251,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "faces, to validation; best.npz is then chosen on the mean of real and turned NME68")
     p.add_argument("--synth-deg", type=float, nargs=2, default=SYNTH_DEG, metavar=("MIN", "MAX"),
                    help="uvreg: out-of-plane turn range (degrees) of the synthesised faces")
+    p.add_argument("--synth-method", default="warp", choices=SYNTH_METHODS,
+                   help="uvreg: how faces are turned: warp = the whole image as one mesh (300W-LP style), "
+                        "paste = the face alone over a blurred original (the v1/v2 bank)")
+    p.add_argument("--no-recrop", dest="recrop", action="store_false",
+                   help="uvreg: keep a turned face in its frontal source's crop instead of re-cropping it "
+                        "on the turned landmarks as inference does (the v1/v2 bank)")
+    p.add_argument("--init", default=None, metavar="RELEASE",
+                   help="uvreg: start from a release file's weights and output scale (e.g. "
+                        "realtime_prn/models/uvreg-v2.npz) with a fresh optimiser; a fine-tune, not --resume")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true",
@@ -294,7 +308,8 @@ def _main(args: argparse.Namespace) -> int:
     cfg = AugmentConfig(yaw_prob=args.yaw_prob)
     if args.model == "uvreg":
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
-                                               args.data, args.synth, args.val_synth, tuple(args.synth_deg))
+                                               args.data, args.synth, args.val_synth, tuple(args.synth_deg),
+                                               args.synth_method, args.recrop)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)
@@ -317,7 +332,15 @@ def _main(args: argparse.Namespace) -> int:
             with np.load(out / "last.npz") as z:
                 ck = json.loads(str(z["state"]))["config"]
             p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
-        model = build_backbone(args.width)
+        if args.init and not args.resume:
+            from realtime_prn.network.uvreg import load_weights
+
+            model, p_mean, p_std, meta = load_weights(args.init)
+            args.width = float(meta.get("width", args.width))
+            print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); "
+                  "fresh optimiser")
+        else:
+            model = build_backbone(args.width)
         extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std),
                  "predict_model": build_uvreg_model(model, p_mean, p_std, args.data)}
     else:
@@ -341,7 +364,7 @@ def _main(args: argparse.Namespace) -> int:
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
                             "halve_every_steps": halve, "seed": args.seed, "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
-                            "precision": args.precision, "jit": args.jit, **info}
+                            "precision": args.precision, "jit": args.jit, "init": args.init, **info}
     if args.model == "uvreg":
         trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist())
     print(f"{args.model}: {model.count_params():,} params, {count_macs(model) / 1e9:.3f} GMACs; "

@@ -17,7 +17,9 @@ vertical axis through the face centre by a few tens of degrees and re-rendered w
 rasteriser (``geometry.depth.render_values``) over the original warped crop as background. Limits,
 stated plainly: the original face stays visible in the background where the rotated face no longer
 covers it (300W-LP re-meshes the background; we do not), and parts hidden in the source view get
-the colour of whatever was in front of them. It is off by default (``yaw_prob=0``).
+the colour of whatever was in front of them. It is off by default (``yaw_prob=0``). The uvreg bank
+now turns the whole image instead (:mod:`realtime_prn.training.profiling`); this one stays for the
+dense student's on-the-fly option and as the ``paste`` method of the bank.
 """
 
 from __future__ import annotations

@@ -95,17 +95,20 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
                         data_root: str | None = None, synth: int = 0, val_synth: int = 0,
-                        synth_deg: tuple[float, float] = SYNTH_DEG) -> tuple[object, object, dict]:
+                        synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
+                        recrop: bool = True) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
-    training / validation faces join their set (validation ones only from held-out groups)."""
+    training / validation faces join their set (validation ones only from held-out groups);
+    ``synth_method`` / ``recrop``: see :func:`uvreg_data.synthesise_large_poses`."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
     from realtime_prn.training.uvreg_data import UVRegData, build_cache, synthesise_large_poses
 
     tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
-    info.update(n_synth=synth, n_val_synth=val_synth, synth_deg=list(synth_deg))
+    info.update(n_synth=synth, n_val_synth=val_synth, synth_deg=list(synth_deg), synth_method=synth_method,
+                recrop=recrop)
     dec = PosmapDecoder()
     cv2.setNumThreads(2)
 
@@ -115,7 +118,7 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
         turned = np.zeros(len(q), bool)
         if n_turned:
             c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],
-                                            max_deg=synth_deg[1])
+                                            max_deg=synth_deg[1], method=synth_method, recrop=recrop)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
         return UVRegData(cache, q, dec, c, seed, turned)

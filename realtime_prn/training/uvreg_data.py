@@ -76,26 +76,38 @@ def build_cache(landmarks: np.ndarray, load_image: Callable[[int], np.ndarray], 
 SYNTH_DEG = (30.0, 80.0)
 
 
+#: How turned faces are made: ``warp`` turns the whole image (:mod:`training.profiling`, 300W-LP
+#: style), ``paste`` renders the face alone over a blurred original (the first bank's method).
+SYNTH_METHODS = ("warp", "paste")
+
+
 def synthesise_large_poses(cache: np.ndarray, q: np.ndarray, decoder: object, n: int, seed: int,
                            progress: bool = True, min_deg: float = SYNTH_DEG[0],
-                           max_deg: float = SYNTH_DEG[1], limit_deg: float = 88.0
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` extra faces turned out of plane (simple 300W-LP), as cache images + cache-frame labels.
+                           max_deg: float = SYNTH_DEG[1], limit_deg: float = 88.0,
+                           method: str = "warp", recrop: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` extra faces turned out of plane (300W-LP's idea), as cache images + cache-frame labels.
 
     Why: 96 % of the corpus' faces have |yaw| <= 30 deg (teacher labels) and 3 of 8,007 exceed 60,
     so a model trained on it alone fails on profiles (AFLW2000-3D (60,90] bin: 20 % NME measured).
     Each synthetic face: a random source, turned by ``min_deg``-``max_deg`` (default 30-80) in the
-    direction that increases its |yaw| (capped at ``limit_deg``), the original face blurred away, the
-    turned face rendered with its own texture (:func:`augment.synthesise_yaw`). Labels come from
-    :func:`augment.turned_camera`, exact for x, y. Deterministic in ``seed``.
+    direction that increases its |yaw| (capped at ``limit_deg``), by ``method`` (:data:`SYNTH_METHODS`).
+    Labels come from :func:`augment.turned_camera`, exact for x, y. With ``recrop`` the result is
+    re-framed on the TURNED face's landmarks (PRN's 1.6 landmark box), as inference crops a real
+    profile; without it the turned face keeps its frontal source's crop, which is larger and
+    off-centre for a profile. Deterministic in ``seed``.
     """
     from tqdm import tqdm
 
-    from realtime_prn.assets import grid_triangles
-    from realtime_prn.training.augment import synthesise_yaw, turned_camera
+    from realtime_prn.assets import grid_triangles, load_assets
+    from realtime_prn.training.augment import synthesise_yaw, turned_camera, yaw_rotation
+    from realtime_prn.training.profiling import turn_whole_image
 
+    if method not in SYNTH_METHODS:
+        raise ValueError(f"unknown synthesis method {method!r} (expected one of {', '.join(SYNTH_METHODS)})")
     rng = np.random.default_rng([seed, 90])
     tris = grid_triangles(decoder.covered)
+    kpt = load_assets().kpt_flat
+    k = cache_matrix()
     out = np.zeros((n, CACHE_RES, CACHE_RES, 3), np.uint8)
     qs = np.zeros((n, N_PARAMS), np.float64)
     for j in tqdm(range(n), desc="large-pose synthesis", disable=not progress, mininterval=5):
@@ -107,12 +119,21 @@ def synthesise_large_poses(cache: np.ndarray, q: np.ndarray, decoder: object, n:
             reach, yaw = max((abs(camera_yaw(turned_camera(g, centre, t))), t) for t in (turn, -turn))
             if abs(camera_yaw(q[i])) < reach <= limit_deg:
                 break
-        img = cv2.cvtColor(cache[i], cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
         pos = decoder.posmap_from_crop_params(q[i])
-        img, _ = synthesise_yaw(img, pos, decoder.covered, tris, yaw, erase=True)
-        out[j] = cv2.cvtColor(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-        qs[j, :12] = turned_camera(g, centre, yaw).reshape(12)
-        qs[j, 12:] = q[i][12:]
+        if method == "warp":
+            img, _ = turn_whole_image(cache[i], pos, decoder.covered, tris, yaw_rotation(yaw))
+        else:
+            rgb = cv2.cvtColor(cache[i], cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
+            rgb, _ = synthesise_yaw(rgb, pos, decoder.covered, tris, yaw, erase=True)
+            img = cv2.cvtColor(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        qj = np.concatenate([turned_camera(g, centre, yaw).reshape(12), q[i][12:]])
+        if recrop:
+            lm = decoder.posmap_from_crop_params(qj).reshape(-1, 3)[kpt, :2]
+            m = k @ region_from_landmarks(lm).matrix(RES)
+            img = cv2.warpAffine(img, m[:2], (CACHE_RES, CACHE_RES), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            qj = move_params(qj, m)
+        out[j], qs[j] = img, qj
     return out, qs
 
 
