@@ -356,3 +356,25 @@ def test_released_weights_agree_with_the_teacher_on_photos(released, eval_dir):
     assert len(errs) >= 10
     errs = 100 * np.array(errs)
     assert np.median(errs) < PHOTO_MEDIAN_BOUND and (errs < 10).mean() >= 0.75, errs.round(2)
+
+
+def test_init_fine_tunes_from_the_release(tmp_path, train_tool, capsys):
+    """--init starts a run from a release's weights AND output scale, with a fresh optimiser: its
+    step-0 validation equals what the release's own ONNX scores on the same split (a fine-tune starts
+    where the release is, not from scratch), and the run records where it started from."""
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.weights import onnx_model, release_file, resolve_weights
+
+    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path)]
+    onnx = onnx_model(resolve_weights("uvreg"), log=lambda s: None)
+    assert train_tool.main(common + ["--validate-onnx", str(onnx)]) == 0
+    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # no BatchNorm recalibration: the weights stay exactly the release's
+    assert train_tool.main(common + ["--init", str(release_file()), "--steps", "0", "--bn-batches", "0"]) == 0
+    hist = json.loads((tmp_path / "history.json").read_text())
+    first = hist["val"][0]
+    assert first["step"] == 0 and hist["config"]["init"] == str(release_file())
+    assert first["val_nme68"] == pytest.approx(ref["val_nme68"], abs=2e-3)
+    assert ref["val_nme68"] < 8.0  # the release itself, on real corpus faces (not a random network)
