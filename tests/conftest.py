@@ -82,3 +82,15 @@ def train_tool():
         sys.modules["train_tool"] = mod
         spec.loader.exec_module(mod)
     return sys.modules["train_tool"]
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    """The teacher-label position-map decoder (PRN UV basis), skipped without the shared data."""
+    from realtime_prn.paths import DataNotFoundError
+    from realtime_prn.training.labels import PosmapDecoder
+
+    try:
+        return PosmapDecoder()
+    except DataNotFoundError as exc:
+        pytest.skip(str(exc))

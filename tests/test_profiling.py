@@ -14,17 +14,6 @@ from realtime_prn.crop import region_from_landmarks
 
 
 @pytest.fixture(scope="module")
-def decoder():
-    from realtime_prn.paths import DataNotFoundError
-    from realtime_prn.training.labels import PosmapDecoder
-
-    try:
-        return PosmapDecoder()
-    except DataNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def face(decoder):
     """A teacher-space face (stats mean + 0.5 std noise) as crop-frame params in a 320 image."""
     from realtime_prn.network.mb05 import load_param_stats

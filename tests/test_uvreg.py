@@ -29,17 +29,6 @@ PHOTO_MEDIAN_BOUND = 6.0
 
 
 @pytest.fixture(scope="module")
-def decoder():
-    from realtime_prn.paths import DataNotFoundError
-    from realtime_prn.training.labels import PosmapDecoder
-
-    try:
-        return PosmapDecoder()
-    except DataNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def labelled():
     """Teacher params, rois and landmarks for three synthetic faces (teacher stats mean +- 0.5 std),
     so no corpus labelling is needed."""
