@@ -368,3 +368,16 @@ def test_init_fine_tunes_from_the_release(tmp_path, train_tool, capsys):
     assert first["step"] == 0 and hist["config"]["init"] == str(release_file())
     assert first["val_nme68"] == pytest.approx(ref["val_nme68"], abs=2e-3)
     assert ref["val_nme68"] < 8.0  # the release itself, on real corpus faces (not a random network)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--model", "uvreg", "--init", "/nonexistent/uvreg-v9.npz"], "no release file at"),
+    (["--model", "student", "--init", "README.md"], "use it with --model uvreg"),
+    (["--model", "uvreg", "--limit", "40", "--init", "README.md"], "is not a uvreg release file"),
+])
+def test_init_with_a_wrong_file_is_one_clear_error(tmp_path, train_tool, capsys, extra, says):
+    pytest.importorskip("tensorflow")
+    assert train_tool.main(extra + ["--steps", "0", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and says in err[-1]
+    assert not (tmp_path / "last.npz").exists()

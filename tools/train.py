@@ -298,6 +298,11 @@ def _main(args: argparse.Namespace) -> int:
         return benchmark(args)
     if args.export:
         return export(args, out)
+    if args.init:  # before minutes of labelling and caching
+        if args.model != "uvreg":
+            raise ValueError("--init takes a uvreg release file; use it with --model uvreg")
+        if not Path(args.init).is_file():
+            raise FileNotFoundError(f"--init: no release file at {args.init}")
 
     import keras
 
@@ -337,7 +342,11 @@ def _main(args: argparse.Namespace) -> int:
         if args.init and not args.resume:
             from realtime_prn.network.uvreg import load_weights
 
-            model, p_mean, p_std, meta = load_weights(args.init)
+            try:
+                model, p_mean, p_std, meta = load_weights(args.init)
+            except (OSError, ValueError):
+                raise ValueError(f"--init: {args.init} is not a uvreg release file "
+                                 "(expected one like realtime_prn/models/uvreg-v3.npz)") from None
             args.width = float(meta.get("width", args.width))
             print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); "
                   "fresh optimiser")
