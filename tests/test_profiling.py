@@ -19,13 +19,12 @@ def face(decoder):
     from realtime_prn.network.mb05 import load_param_stats
     from realtime_prn.network.uv_basis import load_sparse68
     from realtime_prn.training.labels import teacher_landmarks
+    from realtime_prn.training.uvreg_data import cache_matrix
 
     mean, std = load_param_stats()
     q = (mean + 0.5 * std * np.random.default_rng(7).standard_normal(62)).astype(np.float32)
     roi = np.array([80.0, 70.0, 240.0, 230.0], np.float32)
     lm = teacher_landmarks(q, roi, load_sparse68())[:2].T
-    from realtime_prn.training.uvreg_data import cache_matrix
-
     qc = decoder.crop_params(q, roi, cache_matrix() @ region_from_landmarks(lm).matrix())
     return qc
 

@@ -58,6 +58,7 @@ from realtime_prn.training.trainer import (  # noqa: E402
     dense_nme,
     landmark_nme,
     loss_weights,
+    validation_score,
     weighted_loss_np,
     write_curves,
 )
@@ -212,10 +213,7 @@ def validate_onnx(args: argparse.Namespace, val: FaceData, a: object, w: np.ndar
     rec = {"onnx": args.validate_onnx, "n_val": len(val), "val_loss": float(np.mean(losses)),
            "val_nme68": float(np.mean(nmes)), "val_dense_nme": float(np.mean(dnmes)),
            "ms_per_face_median": float(np.median(ms[1:] if len(ms) > 1 else ms))}
-    turned = getattr(val, "synthetic", None)
-    if turned is not None and turned.any():
-        nmes = np.asarray(nmes)
-        rec.update(val_nme68_real=float(nmes[~turned].mean()), val_nme68_turned=float(nmes[turned].mean()))
+    rec.update(validation_score(np.asarray(nmes), getattr(val, "synthetic", None)))
     print(json.dumps(rec))
     return 0
 

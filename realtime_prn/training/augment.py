@@ -148,8 +148,7 @@ def synthesise_yaw(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray, tr
     """
     from realtime_prn.geometry.depth import render_values
 
-    idx = np.flatnonzero(covered.reshape(-1))
-    pts = posmap.reshape(-1, 3)[idx].astype(np.float64)
+    idx, pts, _, out_pos = turn_posmap(posmap, covered, yaw_rotation(yaw_deg))
     # cv2.remap maps must stay under 32767 per side: lay the n points out as rows of 256.
     n = len(pts)
     rows = -(-n // RES)
@@ -157,19 +156,30 @@ def synthesise_yaw(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray, tr
     maps[:, :n] = pts[:, :2].T
     tex = cv2.remap(crop, maps[0].reshape(rows, RES), maps[1].reshape(rows, RES), cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_REFLECT).reshape(-1, 3)[:n]
-    centre = pts.mean(axis=0)
-    # y is down in the crop and z toward the camera: a yaw turns x and z about the vertical axis.
-    rot = yaw_rotation(yaw_deg)
-    new = (pts - centre) @ rot.T + centre
     h, w = crop.shape[:2]
-    img, depth = render_values(new.astype(np.float32), triangles, tex, h, w)
+    # the z shift of the turned map does not change which surface is in front
+    img, depth = render_values(out_pos.reshape(-1, 3)[idx], triangles, tex, h, w)
     drawn = np.isfinite(depth)[..., None]
     background = erase_face(crop, posmap, covered) if erase else crop
     out_img = np.where(drawn, img, background).astype(np.float32)
+    return out_img, out_pos
+
+
+def turn_posmap(posmap: np.ndarray, covered: np.ndarray, rotation: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(covered indices, their points, their centre, the map turned by ``rotation`` about that centre).
+
+    The turn every large-pose synthesis applies to its label (:func:`turned_camera` is the same as a
+    camera); the turned map's z is shifted to min 0 over the covered pixels again, as PRN's maps are.
+    """
+    idx = np.flatnonzero(covered.reshape(-1))
+    pts = posmap.reshape(-1, 3)[idx].astype(np.float64)
+    centre = pts.mean(axis=0)
+    new = (pts - centre) @ rotation.T + centre
     new[:, 2] -= new[:, 2].min()
-    out_pos = np.zeros((RES * RES, 3), np.float32)
-    out_pos[idx] = new
-    return out_img, out_pos.reshape(RES, RES, 3)
+    out = np.zeros((covered.size, 3), np.float32)
+    out[idx] = new
+    return idx, pts, centre, out.reshape(posmap.shape)
 
 
 def turned_camera(g: np.ndarray, centre: np.ndarray, yaw_deg: float) -> np.ndarray:

@@ -91,11 +91,10 @@ def turn_whole_image(image: np.ndarray, posmap: np.ndarray, covered: np.ndarray,
     is kept.
     """
     from realtime_prn.geometry.depth import render_values
+    from realtime_prn.training.augment import turn_posmap
 
     h, w = image.shape[:2]
-    idx = np.flatnonzero(covered.reshape(-1))
-    pts = posmap.reshape(-1, 3)[idx].astype(np.float64)
-    centre = pts.mean(axis=0)
+    _, pts, centre, out_pos = turn_posmap(posmap, covered, rotation)
     # which pixels show the face, at what depth (the visible surface only)
     _, zbuf = render_values(pts.astype(np.float32), triangles, np.zeros((len(pts), 1), np.float32), h, w)
     face = np.isfinite(zbuf)
@@ -132,9 +131,4 @@ def turn_whole_image(image: np.ndarray, posmap: np.ndarray, covered: np.ndarray,
     out = np.where(drawn[..., None], img, src.reshape(h, w, -1))
     if np.issubdtype(image.dtype, np.integer):
         out = np.clip(out + 0.5, np.iinfo(image.dtype).min, np.iinfo(image.dtype).max)
-    out = out.astype(image.dtype).reshape(image.shape)
-    new = (pts - centre) @ rotation.T + centre
-    new[:, 2] -= new[:, 2].min()
-    out_pos = np.zeros((posmap.shape[0] * posmap.shape[1], 3), np.float32)
-    out_pos[idx] = new
-    return out, out_pos.reshape(posmap.shape)
+    return out.astype(image.dtype).reshape(image.shape), out_pos

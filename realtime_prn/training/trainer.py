@@ -292,14 +292,7 @@ class Trainer:
         nme = np.concatenate(nmes)
         rec = {"val_loss": float(np.concatenate(losses).mean()), "val_nme68": float(nme.mean()),
                "val_dense_nme": float(np.concatenate(dnmes).mean())}
-        turned = getattr(self.val_data, "synthetic", None)
-        if turned is not None and turned.any() and not turned.all():
-            # Why: the real validation faces are 96 % near-frontal, so alone they pick checkpoints
-            # that are good frontally and poor in profile; the score weighs both halves equally.
-            rec.update(val_nme68_real=float(nme[~turned].mean()), val_nme68_turned=float(nme[turned].mean()))
-            rec["val_score"] = 0.5 * (rec["val_nme68_real"] + rec["val_nme68_turned"])
-        else:
-            rec["val_score"] = rec["val_nme68"]
+        rec.update(validation_score(nme, getattr(self.val_data, "synthetic", None)))
         return rec
 
     # -- loop -----------------------------------------------------------------------------------
@@ -385,6 +378,19 @@ class Trainer:
             self.state.best_nme, self.state.best_step = rec["val_score"], rec["step"]
             self.save(out / "best.npz")
         write_curves(out, self.state)
+
+
+def validation_score(nme: np.ndarray, turned: np.ndarray | None) -> dict:
+    """``val_score`` for per-face NME68s, plus the real and turned halves when both are present.
+
+    Why: the real validation faces are 96 % near-frontal, so alone they pick checkpoints that are
+    good frontally and poor in profile; the score weighs both halves equally.
+    """
+    nme = np.asarray(nme)
+    if turned is not None and turned.any() and not turned.all():
+        real, turn = float(nme[~turned].mean()), float(nme[turned].mean())
+        return {"val_nme68_real": real, "val_nme68_turned": turn, "val_score": 0.5 * (real + turn)}
+    return {"val_score": float(nme.mean())}
 
 
 def write_curves(out: Path, st: TrainState) -> None:
