@@ -381,3 +381,21 @@ def test_init_with_a_wrong_file_is_one_clear_error(tmp_path, train_tool, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and says in err[-1]
     assert not (tmp_path / "last.npz").exists()
+
+
+def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
+    """--resume of a run started with --init needs neither --width nor --init again: the network is
+    rebuilt at the checkpoint's width (the release's 0.75, not the default 1.0) and the run still
+    records the release it started from."""
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.weights import release_file
+
+    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path),
+              "--batch", "8", "--bn-batches", "0", "--ckpt-every", "1", "--val-every", "1"]
+    assert train_tool.main(common + ["--init", str(release_file()), "--steps", "1"]) == 0
+    assert train_tool.main(common + ["--resume", "--steps", "2"]) == 0
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert [r["step"] for r in hist["val"]] == [0, 1, 2]
+    assert hist["config"]["init"] == str(release_file()) and hist["config"]["width"] == 0.75

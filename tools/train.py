@@ -333,10 +333,11 @@ def _main(args: argparse.Namespace) -> int:
         from realtime_prn.training.uvreg_data import param_stats
 
         p_mean, p_std = param_stats(train)
-        if args.resume and (out / "last.npz").exists():  # the output scale is part of the weights
+        if args.resume and (out / "last.npz").exists():  # output scale and width are part of the weights
             with np.load(out / "last.npz") as z:
                 ck = json.loads(str(z["state"]))["config"]
             p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
+            args.width = float(ck.get("width", args.width))
         if args.init and not args.resume:
             from realtime_prn.network.uvreg import load_weights
 
@@ -370,10 +371,12 @@ def _main(args: argparse.Namespace) -> int:
             trainer.state.best_nme, trainer.state.best_step = float("inf"), -1
     else:
         trainer.state = TrainState(seed=args.seed)
+    # a resumed fine-tune keeps the release it started from (its export records it)
+    init = trainer.state.config.get("init") if args.resume else args.init
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
                             "halve_every_steps": halve, "seed": args.seed, "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
-                            "precision": args.precision, "jit": args.jit, "init": args.init, **info}
+                            "precision": args.precision, "jit": args.jit, "init": init, **info}
     if args.model == "uvreg":
         trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist())
     print(f"{args.model}: {model.count_params():,} params, {count_macs(model) / 1e9:.3f} GMACs; "
