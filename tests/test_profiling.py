@@ -54,21 +54,21 @@ def test_no_turn_leaves_image_and_map_unchanged(decoder, face):
     assert np.abs(pos2 - pos).max() < 1e-3
 
 
-@pytest.mark.parametrize("yaw", [40.0, -65.0])
-def test_turn_moves_texture_with_the_label_and_keeps_the_border(decoder, face, assets, yaw):
+@pytest.mark.parametrize(("yaw", "pitch"), [(40.0, 0.0), (-65.0, 0.0), (45.0, 20.0), (-40.0, -15.0)])
+def test_turn_moves_texture_with_the_label_and_keeps_the_border(decoder, face, assets, yaw, pitch):
     """Coordinate-coded image: after the turn, the colour under each turned landmark is the source
     pixel it came from (visible ones: median, the far side is hidden); the label camera equals the
     returned map; the image border is the source's (the background is not dragged along)."""
     from realtime_prn.assets import grid_triangles
-    from realtime_prn.training.augment import turned_camera, yaw_rotation
+    from realtime_prn.training.augment import turn_rotation, turned_camera
     from realtime_prn.training.profiling import turn_whole_image
 
     pos = decoder.posmap_from_crop_params(face)
     yy, xx = np.mgrid[0:320, 0:320].astype(np.float32)
     img = np.dstack([xx, yy, np.zeros_like(xx)])
     tris = grid_triangles(decoder.covered)
-    out, pos2 = turn_whole_image(img, pos, decoder.covered, tris, yaw_rotation(yaw))
-    g = turned_camera(face[:12].reshape(3, 4), decoder.centroid(face), yaw)
+    out, pos2 = turn_whole_image(img, pos, decoder.covered, tris, turn_rotation(yaw, pitch))
+    g = turned_camera(face[:12].reshape(3, 4), decoder.centroid(face), yaw, pitch)
     label = decoder.posmap_from_crop_params(np.r_[g.reshape(12), face[12:]])
     cov = decoder.covered
     assert np.abs(label[cov] - pos2[cov]).max() < 0.05
@@ -106,3 +106,27 @@ def test_recropped_bank_is_framed_like_an_inference_crop(decoder, face, assets):
             assert off < 2.5, (r.cx, r.cy, r.size)
         else:
             assert off > 10, (r.cx, r.cy, r.size)
+
+
+def test_bank_pitch_tilts_within_its_range_and_keeps_the_yaw_turn(decoder, face):
+    """``pitch_deg``: each turned face's camera is its source's turned by yaw then pitch, the pitch
+    within +-pitch_deg and not all near 0; without it the bank has no pitch change at all."""
+    from realtime_prn.training.uvreg_data import camera_yaw, synthesise_large_poses
+
+    cache = np.random.default_rng(4).integers(0, 256, (1, 320, 320, 3), dtype=np.uint8)
+    src = face[None].astype(np.float64)
+
+    def rotation(q: np.ndarray) -> np.ndarray:
+        g = q[:12].reshape(3, 4)[:, :3]
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+    for pitch_deg in (0.0, 25.0):
+        _, q2 = synthesise_large_poses(cache, src, decoder, 5, seed=7, progress=False, min_deg=40,
+                                       max_deg=60, pitch_deg=pitch_deg)
+        rel = [rotation(q) @ rotation(src[0]).T for q in q2]
+        pitch = np.array([np.degrees(np.arccos(np.clip(r[1, 1], -1, 1))) for r in rel])
+        assert all(abs(camera_yaw(q)) > abs(camera_yaw(src[0])) + 30 for q in q2)
+        if pitch_deg:
+            assert pitch.max() <= pitch_deg + 1.5 and pitch.max() > 5, pitch
+        else:
+            assert pitch.max() < 1.5, pitch

@@ -399,3 +399,32 @@ def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [r["step"] for r in hist["val"]] == [0, 1, 2]
     assert hist["config"]["init"] == str(release_file()) and hist["config"]["width"] == 0.75
+
+
+def test_backgrounds_fill_only_the_padding_from_donors(decoder, labelled):
+    """``backgrounds``: a tight crop's black padding becomes a donor's pixels (donors: images with
+    context all round), the face's own pixels away from the seam stay, labels are unchanged, and
+    donors themselves are untouched; with no donor nothing changes."""
+    import cv2
+
+    from realtime_prn.training.uvreg_data import build_cache
+
+    q, roi, lms = labelled
+    tight = np.full((200, 200, 3), (90, 90, 250), np.uint8)  # the cache reaches far past it
+    donors = [np.full((2000, 2000, 3), c, np.uint8) for c in ((10, 200, 30), (200, 10, 30))]
+    imgs = [tight, *donors]
+    lm = np.stack([lms[0], lms[1] + 1000, lms[2] + 1000])  # donors' faces in the middle of them
+    plain, q0 = build_cache(lm, lambda i: imgs[i], q, roi, decoder, progress=False)
+    filled, q1 = build_cache(lm, lambda i: imgs[i], q, roi, decoder, progress=False, backgrounds=True, seed=1)
+    np.testing.assert_array_equal(q0, q1)
+    np.testing.assert_array_equal(plain[1:], filled[1:])
+    face = (plain[0] != 0).any(axis=-1)
+    pad = ~face
+    assert 0.2 < pad.mean() < 0.95, pad.mean()
+    colours = {tuple(c) for c in filled[0][pad].reshape(-1, 3)}
+    assert colours <= {(10, 200, 30), (200, 10, 30)}, list(colours)[:5]
+    inner = cv2.erode(face.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    np.testing.assert_array_equal(filled[0][inner], plain[0][inner])
+    alone, _ = build_cache(lm[:1], lambda i: imgs[i], q[:1], roi[:1], decoder, progress=False,
+                           backgrounds=True)
+    np.testing.assert_array_equal(alone[0], plain[0])

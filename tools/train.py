@@ -180,7 +180,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
-            "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop") if k in cfg},
+            "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop",
+                                                   "synth_pitch", "backgrounds") if k in cfg},
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
@@ -251,6 +252,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "faces, to validation; best.npz is then chosen on the mean of real and turned NME68")
     p.add_argument("--synth-deg", type=float, nargs=2, default=SYNTH_DEG, metavar=("MIN", "MAX"),
                    help="uvreg: out-of-plane turn range (degrees) of the synthesised faces")
+    p.add_argument("--backgrounds", action="store_true",
+                   help="uvreg: fill the black padding around tight face crops with real context from "
+                        "video frames and large photos of the same split (default: black, as v1-v3)")
+    p.add_argument("--synth-pitch", type=float, default=0.0, metavar="DEG",
+                   help="uvreg: also tilt each synthesised face up or down by up to this many degrees "
+                        "(warp only; default 0 = turned about the vertical axis only)")
     p.add_argument("--synth-method", default="warp", choices=SYNTH_METHODS,
                    help="uvreg: how faces are turned: warp = the whole image as one mesh (300W-LP style), "
                         "paste = the face alone over a blurred original (the v1/v2 bank)")
@@ -274,7 +281,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "realtime_prn/models/uvreg-v*.npz)")
     p.add_argument("--validate-onnx", default=None, metavar="FILE",
                    help="score an ONNX model on the val split, exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.synth_pitch < 90:
+        p.error(f"--synth-pitch must be in [0, 90) degrees, not {args.synth_pitch:g}")
+    if args.synth_pitch and args.synth_method != "warp":
+        p.error("--synth-pitch needs --synth-method warp (paste renders the face alone)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,7 +326,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.model == "uvreg":
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),
-                                               args.synth_method, args.recrop)
+                                               args.synth_method, args.recrop, args.synth_pitch,
+                                               args.backgrounds)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)

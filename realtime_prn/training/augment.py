@@ -120,6 +120,17 @@ def yaw_rotation(yaw_deg: float) -> np.ndarray:
     return np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
 
 
+def turn_rotation(yaw_deg: float, pitch_deg: float = 0.0) -> np.ndarray:
+    """3x3 turn by ``yaw_deg`` about the vertical axis, then ``pitch_deg`` about the horizontal one.
+
+    Why pitch too: real profiles look up or down as well; a bank turned about the vertical axis
+    only taught uvreg that profiles have their source's (mostly level) pitch.
+    """
+    t = np.radians(pitch_deg)
+    pitch = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    return pitch @ yaw_rotation(yaw_deg)
+
+
 def erase_face(crop: np.ndarray, posmap: np.ndarray, covered: np.ndarray) -> np.ndarray:
     """The crop with the face's silhouette replaced by a heavy blur of the crop, so a re-rendered
     turned face does not leave a sharp ghost of the original one where it no longer covers."""
@@ -182,10 +193,10 @@ def turn_posmap(posmap: np.ndarray, covered: np.ndarray, rotation: np.ndarray
     return idx, pts, centre, out.reshape(posmap.shape)
 
 
-def turned_camera(g: np.ndarray, centre: np.ndarray, yaw_deg: float) -> np.ndarray:
-    """The 3x4 camera whose map is ``g``'s turned by :func:`synthesise_yaw` about ``centre``
+def turned_camera(g: np.ndarray, centre: np.ndarray, yaw_deg: float, pitch_deg: float = 0.0) -> np.ndarray:
+    """The 3x4 camera whose map is ``g``'s turned by :func:`turn_rotation` about ``centre``
     (x, y exactly; z up to the constant that the min-z shift removes anyway)."""
-    rot = yaw_rotation(yaw_deg)
+    rot = turn_rotation(yaw_deg, pitch_deg)
     out = np.empty((3, 4))
     out[:, :3] = rot @ g[:, :3]
     out[:, 3] = rot @ (g[:, 3] - centre) + centre
