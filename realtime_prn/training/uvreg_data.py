@@ -111,8 +111,8 @@ def fill_padding(cache: np.ndarray, valid: np.ndarray, seed: int) -> tuple[int, 
     filled = 0
     for i in np.flatnonzero(pad > 0):
         j = int(rng.integers(0, len(donors)))
-        if donors[j] == i:
-            continue
+        while donors[j] == i:  # a donor with a little padding takes another's context, not its own
+            j = int(rng.integers(0, len(donors)))
         bg = originals[j][:, ::-1] if rng.random() < 0.5 else originals[j]
         a = cv2.GaussianBlur(valid[i], (0, 0), 2.0).astype(np.float32)[..., None] * np.float32(1 / 255)
         a = np.where(valid[i][..., None] == 0, np.float32(0), a)  # where the source never reached: donor only
