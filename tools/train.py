@@ -180,8 +180,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
-            "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop",
-                                                   "synth_pitch", "backgrounds") if k in cfg},
+            "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch",
+                                          "backgrounds") if k in cfg},
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
@@ -266,7 +266,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "on the turned landmarks as inference does (the v1/v2 bank)")
     p.add_argument("--init", default=None, metavar="RELEASE",
                    help="uvreg: start from a release file's weights and output scale (e.g. "
-                        "realtime_prn/models/uvreg-v3.npz) with a fresh optimiser; a fine-tune, not --resume")
+                        "the committed realtime_prn/models/uvreg-v*.npz) with a fresh optimiser; "
+                        "a fine-tune, not --resume")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true",
@@ -357,8 +358,8 @@ def _main(args: argparse.Namespace) -> int:
             try:
                 model, p_mean, p_std, meta = load_weights(args.init)
             except (OSError, ValueError):
-                raise ValueError(f"--init: {args.init} is not a uvreg release file "
-                                 "(expected one like realtime_prn/models/uvreg-v3.npz)") from None
+                raise ValueError(f"--init: {args.init} is not a uvreg release file (expected one like "
+                                 "the committed realtime_prn/models/uvreg-v*.npz)") from None
             args.width = float(meta.get("width", args.width))
             print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); "
                   "fresh optimiser")
