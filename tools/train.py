@@ -237,7 +237,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--val-max", type=int, default=300, help="at most this many validation images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the split, the validation set and the weights' init")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="uvreg: the training set's random draws (turned faces, background donors, "
+                        "augmentation); default --seed. A fine-tune given a new one trains on new turned "
+                        "faces and keeps the validation set")
     p.add_argument("--bn-batches", type=int, default=12,
                    help="recalibrate BatchNorm statistics on this many batches before each validation")
     p.add_argument("--workers", type=int, default=2, help="sample-building threads")
@@ -328,7 +332,7 @@ def _main(args: argparse.Namespace) -> int:
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),
                                                args.synth_method, args.recrop, args.synth_pitch,
-                                               args.backgrounds)
+                                               args.backgrounds, args.data_seed)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)
@@ -383,6 +387,10 @@ def _main(args: argparse.Namespace) -> int:
             # a different validation set: its scores are not comparable with the recorded best
             print(f"validation set changed: best (step {trainer.state.best_step}) no longer compared")
             trainer.state.best_nme, trainer.state.best_step = float("inf"), -1
+        changed = [f"{k} {trainer.state.config[k]} -> {v}" for k, v in info.items()
+                   if k in trainer.state.config and trainer.state.config[k] != v]
+        if changed:  # allowed (a deliberate change of data mid-run), but not silently
+            print("resumed with other data than the checkpoint's: " + "; ".join(changed))
     else:
         trainer.state = TrainState(seed=args.seed)
     # a resumed fine-tune keeps the release it started from (its export records it)

@@ -96,14 +96,17 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
                         data_root: str | None = None, synth: int = 0, val_synth: int = 0,
                         synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
-                        recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False
-                        ) -> tuple[object, object, dict]:
+                        recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False,
+                        data_seed: int | None = None) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups);
     ``synth_method`` / ``recrop`` / ``synth_pitch``: see :func:`uvreg_data.synthesise_large_poses`;
     ``backgrounds``: fill the black padding of tight crops (:func:`uvreg_data.fill_padding`), donors
-    from the same side of the split, before any face is turned (so turned faces keep the context)."""
+    from the same side of the split, before any face is turned (so turned faces keep the context).
+    ``data_seed`` (default ``seed``) draws the training set's random content (donors, turned faces,
+    augmentation): a fine-tune of a release gives it a new value to see faces turned and filled
+    afresh, while ``seed`` keeps the split and the validation set, so scores stay comparable."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
@@ -111,11 +114,12 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
 
     tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
     info.update(n_synth=synth, n_val_synth=val_synth, synth_deg=list(synth_deg), synth_method=synth_method,
-                recrop=recrop, synth_pitch=synth_pitch, backgrounds=backgrounds)
+                recrop=recrop, synth_pitch=synth_pitch, backgrounds=backgrounds,
+                data_seed=seed if data_seed is None else data_seed)
     dec = PosmapDecoder()
     cv2.setNumThreads(2)
 
-    def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int) -> object:
+    def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int) -> object:
         cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
                                dec, backgrounds=backgrounds, seed=s)
         turned = np.zeros(len(q), bool)
@@ -125,6 +129,7 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                                             pitch_deg=synth_pitch)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
-        return UVRegData(cache, q, dec, c, seed, turned)
+        return UVRegData(cache, q, dec, c, aug_seed, turned)
 
-    return subset(tr, cfg, synth, seed), subset(va, NO_AUGMENT, val_synth, seed + 1), info
+    ds = info["data_seed"]
+    return subset(tr, cfg, synth, ds, ds), subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info
