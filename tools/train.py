@@ -181,7 +181,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
             "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch",
-                                          "backgrounds") if k in cfg},
+                                          "backgrounds", "data_seed") if k in cfg},
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
