@@ -231,11 +231,13 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
 
     tool = train_tool
     from realtime_prn.training import trainer as trainer_mod
-    backbone = build_backbone(0.25)
+    stages = ((24, 0), (48, 1), (96, 2), (192, 1), (320, 1))  # a deepened run's stages travel too
+    backbone = build_backbone(0.25, stages)
     tr = trainer_mod.Trainer(backbone, np.ones((256, 256), np.float32), None, None, None, None,
                              log=lambda s: None)
     tr.state.step = 7
-    tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0] * 62}
+    tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0] * 62,
+                       "stages": [list(x) for x in stages]}
     tr.state.history = [{"step": 7, "val_nme68": 3.0, "val_score": 3.5}, {"step": 9, "val_nme68": 9.0}]
     tr.save(tmp_path / "ck.npz")
     args = argparse.Namespace(release=str(tmp_path / "rel" / "uvreg-v1.npz"), checkpoint="last")
@@ -244,6 +246,7 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     assert entry["sha256"] == sha256_file(tmp_path / "rel" / "uvreg-v1.npz")
     assert (entry["step"], entry["val_nme68_vs_teacher"], entry["val_score"]) == (7, 3.0, 3.5)
     loaded, p_mean, p_std, meta = load_weights(tmp_path / "rel" / "uvreg-v1.npz")
+    assert [tuple(x) for x in meta["stages"]] == list(stages)
     for a, b in zip(backbone.weights, loaded.weights):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a).astype(np.float16), rtol=0, atol=0)
     args.release = str(tmp_path / "rel" / "uvreg-v2.npz")
@@ -371,6 +374,48 @@ def test_init_fine_tunes_from_the_release(tmp_path, train_tool, capsys):
     assert first["step"] == 0 and hist["config"]["init"] == str(release_file())
     assert first["val_nme68"] == pytest.approx(ref["val_nme68"], abs=2e-3)
     assert ref["val_nme68"] < 8.0  # the release itself, on real corpus faces (not a random network)
+    # deepened on the way in (one more block in the last stage): still starts exactly where it was
+    from realtime_prn.network.uvreg import load_weights
+
+    blocks = [b for _, b in load_weights(release_file())[3]["stages"]]
+    blocks[-1] += 1
+    deep = tmp_path / "deep"
+    assert train_tool.main(common[:-1] + [str(deep), "--init", str(release_file()), "--blocks",
+                                          *map(str, blocks), "--steps", "0", "--bn-batches", "0"]) == 0
+    hist = json.loads((deep / "history.json").read_text())
+    assert [b for _, b in hist["config"]["stages"]] == blocks
+    assert hist["val"][0]["val_nme68"] == pytest.approx(ref["val_nme68"], abs=2e-3)
+
+
+def test_deepened_backbone_computes_what_the_old_one_does():
+    """``deepen_backbone``: every old layer keeps its weights and each added block adds exactly 0,
+    in inference and in training mode (BatchNorm on batch statistics), so a deepened fine-tune
+    starts from the release's own output; a spec that drops blocks or changes channels is refused."""
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import STAGES, build_backbone, deepen_backbone, with_blocks
+
+    old = build_backbone(0.25)
+    rng = np.random.default_rng(0)
+    for layer in old.layers:  # non-trivial BatchNorm statistics, so a wrongly copied layer shows
+        if layer.name.endswith("_bn"):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape).astype(np.float32))
+            layer.beta.assign(rng.normal(0, 0.1, layer.beta.shape).astype(np.float32))
+    head = old.get_layer("head")  # zero-initialised: a random head so the output depends on every block
+    head.kernel.assign(rng.normal(0, 0.1, head.kernel.shape).astype(np.float32))
+    deeper = with_blocks((0, 2, 1, 3, 2), STAGES)
+    new = deepen_backbone(old, 0.25, STAGES, deeper)
+    assert new.count_params() > old.count_params()
+    x = rng.uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
+    for training in (False, True):
+        a, b = np.asarray(old(x, training=training)), np.asarray(new(x, training=training))
+        assert np.abs(a).max() > 0
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="no fewer blocks"):
+        deepen_backbone(new, 0.25, deeper, STAGES)
+    with pytest.raises(ValueError, match="same channels"):
+        deepen_backbone(old, 0.25, STAGES, ((24, 0), (48, 1), (96, 1), (192, 1), (256, 1)))
+    with pytest.raises(ValueError, match="one per stage"):
+        with_blocks((1, 1), STAGES)
 
 
 @pytest.mark.parametrize("extra, says", [

@@ -163,7 +163,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
     with np.load(ckpt) as z:
         state = json.loads(str(z["state"]))
         cfg = state["config"]
-        backbone = build_backbone(cfg["width"])
+        stages = tuple(tuple(x) for x in cfg.get("stages", STAGES))
+        backbone = build_backbone(cfg["width"], stages)
         keys = sorted(k for k in z.files if k.startswith("w"))
         for v, k in zip(backbone.weights, keys):
             v.assign(z[k])
@@ -175,7 +176,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     # the validation record of the exported step itself (last.npz may be past the last validation)
     val = next((r for r in state["history"] if r["step"] == state["step"]), {})
-    meta = {"model": "uvreg", "width": cfg["width"], "stages": [list(s) for s in STAGES],
+    meta = {"model": "uvreg", "width": cfg["width"], "stages": [list(x) for x in stages],
             "step": state["step"], "checkpoint": args.checkpoint,
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
@@ -268,6 +269,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-recrop", dest="recrop", action="store_false",
                    help="uvreg: keep a turned face in its frontal source's crop instead of re-cropping it "
                         "on the turned landmarks as inference does (the v1/v2 bank)")
+    p.add_argument("--blocks", type=int, nargs="+", default=None, metavar="N",
+                   help="uvreg: residual blocks per stage (default 0 1 1 1 1); with --init, more blocks than "
+                        "the release's deepen it exactly (the added blocks start as identities)")
     p.add_argument("--init", default=None, metavar="RELEASE",
                    help="uvreg: start from a release file's weights and output scale (e.g. "
                         "the committed realtime_prn/models/uvreg-v*.npz) with a fresh optimiser; "
@@ -347,8 +351,10 @@ def _main(args: argparse.Namespace) -> int:
     keras.utils.set_random_seed(args.seed)
     extra: dict = {}
     if args.model == "uvreg":
-        from realtime_prn.network.uvreg import build_backbone, build_uvreg_model
+        from realtime_prn.network.uvreg import STAGES, build_backbone, build_uvreg_model, with_blocks
         from realtime_prn.training.uvreg_data import param_stats
+
+        stages = with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
 
         p_mean, p_std = param_stats(train)
         if args.resume and (out / "last.npz").exists():  # output scale and width are part of the weights
@@ -356,6 +362,7 @@ def _main(args: argparse.Namespace) -> int:
                 ck = json.loads(str(z["state"]))["config"]
             p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
             args.width = float(ck.get("width", args.width))
+            stages = tuple(tuple(x) for x in ck.get("stages", STAGES))
         if args.init and not args.resume:
             from realtime_prn.network.uvreg import load_weights
 
@@ -365,10 +372,19 @@ def _main(args: argparse.Namespace) -> int:
                 raise ValueError(f"--init: {args.init} is not a uvreg release file (expected one like "
                                  "the committed realtime_prn/models/uvreg-v*.npz)") from None
             args.width = float(meta.get("width", args.width))
+            released = tuple(tuple(x) for x in meta.get("stages", STAGES))
+            if args.blocks and stages != released:
+                from realtime_prn.network.uvreg import deepen_backbone
+
+                model = deepen_backbone(model, args.width, released, stages)
+                print(f"deepened: blocks {[b for _, b in released]} -> {[b for _, b in stages]}, "
+                      "added blocks start as identities")
+            else:
+                stages = released
             print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); "
                   "fresh optimiser")
         else:
-            model = build_backbone(args.width)
+            model = build_backbone(args.width, stages)
         extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std),
                  "predict_model": build_uvreg_model(model, p_mean, p_std, args.data)}
     else:
@@ -400,7 +416,8 @@ def _main(args: argparse.Namespace) -> int:
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
                             "precision": args.precision, "jit": args.jit, "init": init, **info}
     if args.model == "uvreg":
-        trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist())
+        trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist(),
+                                    stages=[list(x) for x in stages])
     print(f"{args.model}: {model.count_params():,} params, {count_macs(model) / 1e9:.3f} GMACs; "
           f"{steps_per_epoch} steps/epoch, lr halves every {halve} steps")
 
