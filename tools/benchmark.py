@@ -74,6 +74,11 @@ def _engines_for(model: str, crops: np.ndarray, args):
     for label, path in onnx_paths.items():
         out.append((label, OnnxRuntimeEngine(path, threads=args.threads)))
     fp32 = onnx_paths["onnxruntime fp32"]
+    # test-time flip averaging (Options.flip): its max|Δ| column is the averaging's own change, not noise
+    from realtime_prn.assets import load_assets
+    from realtime_prn.engines.flip import FlipAveragedEngine
+    out.append(("onnxruntime fp32 + flip", FlipAveragedEngine(OnnxRuntimeEngine(fp32, threads=args.threads),
+                                                              load_assets().face_mask)))
     out.append(("onnxruntime int8", OnnxRuntimeEngine(int8_model(fp32), threads=args.threads)))
     if args.spinning:
         out.append(("onnxruntime fp32 spinning", OnnxRuntimeEngine(fp32, threads=args.threads,

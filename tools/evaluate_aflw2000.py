@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1,
                    help="images per engine call (default 1: per-image latency; >1 is faster overall)")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    p.add_argument("--flip", action="store_true",
+                   help="test-time flip averaging (Options.flip): each crop and its mirror image, averaged")
     args = p.parse_args(argv)
     if args.engine not in ENGINES:
         p.error(f"unknown engine {args.engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -143,9 +145,11 @@ def weights_label(weights: str | None) -> str:
 
 
 def run_label(args: argparse.Namespace) -> str:
-    """``<engine>-<weights>-<precision>``, plus ``-reannotated`` / ``-limitN`` when used, so a quick
-    or re-annotated run never overwrites the full run's default folder."""
+    """``<engine>-<weights>-<precision>``, plus ``-flip`` / ``-reannotated`` / ``-limitN`` when used, so
+    a quick, flipped or re-annotated run never overwrites the full run's default folder."""
     label = f"{args.engine}-{weights_label(args.weights)}-{args.precision}"
+    if args.flip:
+        label += "-flip"
     if args.landmarks == "reannotated":
         label += "-reannotated"
     if args.limit is not None:
@@ -173,6 +177,8 @@ def reproduce_command(args: argparse.Namespace, out: Path) -> str:
         parts += ["--batch", str(args.batch)]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]
+    if args.flip:
+        parts.append("--flip")
     if args.data:
         parts += ["--data", args.data]
     parts += ["--out", str(out)]
@@ -497,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rec = FaceReconstructor(Options(engine=args.engine, weights=args.weights, precision=args.precision,
                                         detector=args.detector, threads=args.threads,
-                                        max_batch=max(16, args.batch)))
+                                        max_batch=max(16, 2 * args.batch), flip=args.flip))
         if args.crop != "gt":
             _ = rec.detector  # fail now, not after the GT pass
     except (UserError, *user_errors()) as exc:
@@ -521,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"engine": args.engine, "weights": args.weights or "mb05uv", "precision": args.precision,
                    "crop": args.crop, "detector": args.detector if args.crop != "gt" else None,
                    "landmarks": args.landmarks, "limit": args.limit, "batch": args.batch,
-                   "threads": args.threads, "landmark_scale": rec.options.landmark_scale,
+                   "threads": args.threads, "flip": args.flip, "landmark_scale": rec.options.landmark_scale,
                    "box_scale": rec.options.box_scale},
         "model": _model_info(engine),
         "data": {"folder": str(ds.root), "n_images": len(ds.files),
