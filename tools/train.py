@@ -182,7 +182,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
             "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch",
-                                          "backgrounds", "data_seed") if k in cfg},
+                                          "backgrounds", "data_seed", "flip_prob") if k in cfg},
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
@@ -250,6 +250,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=("fp32", "mixed_bfloat16", "mixed_float16"))
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--yaw-prob", type=float, default=0.0, help="probability of large-pose synthesis")
+    p.add_argument("--flip", type=float, default=0.0, metavar="PROB",
+                   help="uvreg: mirror this share of training samples (the label mirrored in parameter "
+                        "space, exact to ~0.25 %% of the face size; default 0 = none, as v1-v9)")
     p.add_argument("--synth", type=int, default=0,
                    help="uvreg: add this many synthesised large-pose faces to the training set")
     p.add_argument("--val-synth", type=int, default=0,
@@ -295,6 +298,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--synth-pitch must be in [0, 90) degrees, not {args.synth_pitch:g}")
     if args.synth_pitch and args.synth_method != "warp":
         p.error("--synth-pitch needs --synth-method warp (paste renders the face alone)")
+    if not 0 <= args.flip <= 1:
+        p.error(f"--flip is a probability in [0, 1], not {args.flip:g}")
+    if args.flip and args.model != "uvreg":
+        p.error("--flip needs --model uvreg (its labels are mirrored in parameter space)")
     return args
 
 
@@ -331,7 +338,7 @@ def _main(args: argparse.Namespace) -> int:
 
     labels, lpath, secs = build_labels(args.limit, args.data)
     print(f"labels {lpath} ({len(labels)} images{f', labelled in {secs:.0f} s' if secs else ', cached'})")
-    cfg = AugmentConfig(yaw_prob=args.yaw_prob)
+    cfg = AugmentConfig(yaw_prob=args.yaw_prob, flip_prob=args.flip)
     if args.model == "uvreg":
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),

@@ -46,6 +46,7 @@ class AugmentConfig:
     max_occluders: int = 2
     yaw_prob: float = 0.0  # large-pose synthesis (see module docstring)
     yaw_max_deg: float = 40.0
+    flip_prob: float = 0.0  # horizontal mirror (uvreg: label by uvreg_data.LabelMirror)
 
 
 NO_AUGMENT = AugmentConfig(rotation_deg=0.0, translation=0.0, scale_min=1.0, scale_max=1.0,

@@ -104,19 +104,28 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     ``synth_method`` / ``recrop`` / ``synth_pitch``: see :func:`uvreg_data.synthesise_large_poses`;
     ``backgrounds``: fill the black padding of tight crops (:func:`uvreg_data.fill_padding`), donors
     from the same side of the split, before any face is turned (so turned faces keep the context).
-    ``data_seed`` (default ``seed``) draws the training set's random content (donors, turned faces,
-    augmentation): a fine-tune of a release gives it a new value to see faces turned and filled
-    afresh, while ``seed`` keeps the split and the validation set, so scores stay comparable."""
+    ``cfg.flip_prob``: mirror that share of training samples, labelled by
+    :class:`uvreg_data.LabelMirror`. ``data_seed`` (default ``seed``) draws the training set's
+    random content (donors, turned faces, augmentation): a fine-tune of a release gives it a new
+    value to see faces turned and filled afresh, while ``seed`` keeps the split and the validation
+    set, so scores stay comparable."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
-    from realtime_prn.training.uvreg_data import UVRegData, build_cache, synthesise_large_poses
+    from realtime_prn.training.uvreg_data import LabelMirror, UVRegData, build_cache, synthesise_large_poses
 
     tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
     info.update(n_synth=synth, n_val_synth=val_synth, synth_deg=list(synth_deg), synth_method=synth_method,
                 recrop=recrop, synth_pitch=synth_pitch, backgrounds=backgrounds,
                 data_seed=seed if data_seed is None else data_seed)
+    if cfg.flip_prob:  # recorded only when used, so older checkpoints' configs compare unchanged
+        info["flip_prob"] = cfg.flip_prob
     dec = PosmapDecoder()
+    mirror = None
+    if cfg.flip_prob:
+        from realtime_prn.assets import load_assets
+
+        mirror = LabelMirror(dec, load_assets(data_root).face_mask)
     cv2.setNumThreads(2)
 
     def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int) -> object:
@@ -129,7 +138,7 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                                             pitch_deg=synth_pitch)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
-        return UVRegData(cache, q, dec, c, aug_seed, turned)
+        return UVRegData(cache, q, dec, c, aug_seed, turned, mirror if c.flip_prob else None)
 
     ds = info["data_seed"]
     return subset(tr, cfg, synth, ds, ds), subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info
