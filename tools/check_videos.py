@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", action="append", default=None, help="weights to check (repeatable)")
     p.add_argument("--videos", default=None, help="folder of videos (default shared eval/videos)")
     p.add_argument("--out", default="out/videos", help="where results.json and contact sheets go")
+    p.add_argument("--flip", action="store_true", help="test-time flip averaging (Options.flip)")
     args = p.parse_args(argv)
     return run_cli(lambda: _main(args))
 
@@ -103,7 +104,7 @@ def _main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for weights in args.weights or ["uvreg"]:
-        rec = FaceReconstructor(Options(weights=weights))
+        rec = FaceReconstructor(Options(weights=weights, flip=args.flip))
         rows = []
         for v in videos:
             row, sheet = check_video(v, rec)
@@ -112,7 +113,7 @@ def _main(args: argparse.Namespace) -> int:
             if sheet:  # frames of one video share a size; pad the last row with black
                 sheet += [np.zeros_like(sheet[0])] * (-len(sheet) % 3)
                 grid = np.vstack([np.hstack(sheet[i : i + 3]) for i in range(0, len(sheet), 3)])
-                cv2.imwrite(str(out / f"{weights}_{v.stem}.png"), grid)
+                cv2.imwrite(str(out / f"{weights}{'_flip' if args.flip else ''}_{v.stem}.png"), grid)
         results[weights] = rows
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0
