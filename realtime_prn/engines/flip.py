@@ -11,6 +11,7 @@ the faces per engine call. A wrapper, like tracking is a detector wrapper: no en
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .base import RESOLUTION, Engine, check_batch
@@ -38,17 +39,26 @@ class FlipAveragedEngine:
         self.name = f"{engine.name}+flip"
         # one call of the wrapper is one call of the engine: its batch holds both halves
         self.max_batch = max(1, engine.max_batch // 2)
-        self._pixels = np.flatnonzero((mask & mask[:, ::-1]).reshape(-1))
+        self._where = (mask & mask[:, ::-1])[None, :, :, None]
         for attr in ("model_path", "providers"):  # reported by the tools that describe the model
             if hasattr(engine, attr):
                 setattr(self, attr, getattr(engine, attr))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        # cv2.flip, not numpy's [:, ::-1] copies: those ran ~2x slower here (measured, 8 crops)
         batch = check_batch(batch)
         n = len(batch)
-        maps = self.engine.infer(np.concatenate([batch, batch[:, :, ::-1]]))
-        out = np.array(maps[:n], np.float32)
-        back = mirror_position_maps(maps[n:])
-        flat, back_flat = out.reshape(n, -1, 3), back.reshape(n, -1, 3)
-        flat[:, self._pixels] = 0.5 * (flat[:, self._pixels] + back_flat[:, self._pixels])
+        both = np.empty((2 * n, *batch.shape[1:]), np.float32)
+        both[:n] = batch
+        for i in range(n):
+            cv2.flip(batch[i], 1, dst=both[n + i])
+        maps = np.asarray(self.engine.infer(both), np.float32)
+        out = np.array(maps[:n])
+        mean = np.empty_like(out)
+        for i in range(n):
+            cv2.flip(maps[n + i], 1, dst=mean[i])
+        mean[..., 0] = (RESOLUTION - 1) - mean[..., 0]
+        mean += out
+        mean *= 0.5
+        np.copyto(out, mean, where=self._where)
         return out
