@@ -49,7 +49,7 @@ def options_from_args(args):
         det_opts["tiles"] = True
     return Options(engine=args.engine, weights=args.weights, precision=args.precision,
                    detector=args.detector, detector_options=det_opts, max_faces=args.max_faces,
-                   threads=args.threads, data_root=args.data, flip=getattr(args, "flip", False))
+                   threads=args.threads, data_root=args.data, flip=args.flip)
 
 
 def build_run_parser(p: argparse.ArgumentParser) -> None:

@@ -118,13 +118,12 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     info.update(n_synth=synth, n_val_synth=val_synth, synth_deg=list(synth_deg), synth_method=synth_method,
                 recrop=recrop, synth_pitch=synth_pitch, backgrounds=backgrounds,
                 data_seed=seed if data_seed is None else data_seed)
-    if cfg.flip_prob:  # recorded only when used, so older checkpoints' configs compare unchanged
-        info["flip_prob"] = cfg.flip_prob
     dec = PosmapDecoder()
     mirror = None
     if cfg.flip_prob:
         from realtime_prn.assets import load_assets
 
+        info["flip_prob"] = cfg.flip_prob  # recorded only when used: older checkpoints' configs compare
         mirror = LabelMirror(dec, load_assets(data_root).face_mask)
     cv2.setNumThreads(2)
 
@@ -138,7 +137,7 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                                             pitch_deg=synth_pitch)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
-        return UVRegData(cache, q, dec, c, aug_seed, turned, mirror if c.flip_prob else None)
+        return UVRegData(cache, q, dec, c, aug_seed, turned, mirror)
 
     ds = info["data_seed"]
     return subset(tr, cfg, synth, ds, ds), subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info
