@@ -588,3 +588,75 @@ def test_bad_flip_is_one_usage_error(train_tool, capsys, extra, says):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
+
+
+def test_warmup_ramps_the_lr_then_halves_it(tmp_path, train_tool):
+    """--warmup N: the lr rises linearly to --lr over the first N steps (a fine-tune's fresh Adam at
+    full lr first knocked each release off its optimum), and the halving schedule still applies."""
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.training.trainer import Trainer
+    from realtime_prn.weights import release_file
+
+    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path),
+              "--batch", "4", "--bn-batches", "0", "--log-every", "1", "--val-every", "0", "--lr", "1e-3"]
+    assert train_tool.main(common + ["--init", str(release_file()), "--steps", "4", "--warmup", "4"]) == 0
+    hist = json.loads((tmp_path / "history.json").read_text())
+    lrs = [r["lr"] for r in hist["train"]]
+    np.testing.assert_allclose(lrs, [2.5e-4, 5e-4, 7.5e-4, 1e-3], rtol=1e-6)
+    assert hist["config"]["warmup_steps"] == 4
+
+    from realtime_prn.network.uvreg import build_backbone
+
+    tr = Trainer(build_backbone(0.25), np.ones((256, 256), np.float32), None, None, np.zeros(68, int),
+                 np.zeros(1, int), lr=1e-3, halve_every_steps=100, warmup_steps=10)
+    assert tr.lr_at(0) == pytest.approx(1e-4) and tr.lr_at(9) == pytest.approx(1e-3)
+    assert tr.lr_at(99) == pytest.approx(1e-3) and tr.lr_at(100) == pytest.approx(5e-4)
+    tr.warmup = 0
+    assert tr.lr_at(0) == pytest.approx(1e-3)
+
+
+def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, capsys):
+    """--precision mixed_bfloat16 (1.4x the fp32 step here: Zen4's AVX-512 BF16) computes the
+    backbone in bf16 but keeps the 62-parameter head in fp32, and validation (which picks best.npz)
+    runs an fp32 twin of the weights: the release's step-0 score equals its own fp32 ONNX's on the
+    same split, and a bf16-trained checkpoint loads into the fp32 network that ships."""
+    import json
+
+    import keras
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import build_backbone
+    from realtime_prn.weights import onnx_model, release_file, resolve_weights
+
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        net = build_backbone(0.25)
+        assert net.get_layer("s1_b0_c0").compute_dtype == "bfloat16"
+        assert net.get_layer("head").compute_dtype == "float32" and net.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path)]
+    onnx = onnx_model(resolve_weights("uvreg"), log=lambda s: None)
+    assert train_tool.main(common + ["--validate-onnx", str(onnx)]) == 0
+    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    try:
+        assert train_tool.main(common + ["--init", str(release_file()), "--precision", "mixed_bfloat16",
+                                         "--steps", "1", "--batch", "4", "--bn-batches", "0",
+                                         "--val-every", "1"]) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["config"]["precision"] == "mixed_bfloat16"
+    assert hist["val"][0]["val_nme68"] == pytest.approx(ref["val_nme68"], abs=2e-3)
+    assert hist["val"][1]["val_nme68"] != hist["val"][0]["val_nme68"]  # it did train a step
+    out = tmp_path / "rel.npz"
+    assert train_tool.main(["--model", "uvreg", "--out", str(tmp_path), "--export", "--checkpoint", "last",
+                            "--release", str(out)]) == 0
+    from realtime_prn.network.uvreg import load_weights
+
+    net, _, _, meta = load_weights(out)
+    assert meta["trained_precision"] == "mixed_bfloat16"
+    assert net.get_layer("s1_b0_c0").compute_dtype == "float32"  # ships and runs in fp32

@@ -501,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_dataset(folder, args.limit, args.landmarks)
         from realtime_prn import FaceReconstructor, Options
 
+        per_call = (2 if args.flip else 1) * args.batch  # flip averaging sends each crop twice
         rec = FaceReconstructor(Options(engine=args.engine, weights=args.weights, precision=args.precision,
                                         detector=args.detector, threads=args.threads,
-                                        max_batch=max(16, 2 * args.batch), flip=args.flip))
+                                        max_batch=max(16, per_call), flip=args.flip))
         if args.crop != "gt":
             _ = rec.detector  # fail now, not after the GT pass
     except (UserError, *user_errors()) as exc:

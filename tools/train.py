@@ -16,7 +16,10 @@ landmarks : eyes-nose-mouth : other face : neck = 16 : 4 : 3 : 0 is applied as
 neck weight 0 also masks every pixel our labels only extrapolate (neck, ears) or leave at 0
 (uncovered). The loss is sum(w * |pred - gt|^2) / sum(w) per image, in crop px^2.
 
-Optimiser: Adam, lr 1e-4 halved every ``--halve-every`` epochs (the paper: every 5), batch 16.
+Optimiser: Adam, lr 1e-4 halved every ``--halve-every`` epochs (the paper: every 5), batch 16;
+``--warmup N`` ramps the lr up over the first N steps (for fine-tunes: a fresh Adam at full lr knocks
+a release off its optimum first). ``--precision mixed_bfloat16`` trains uvreg in bf16 (Zen4 has
+AVX-512 BF16; the head and the loss stay fp32) and validates an fp32 twin of the weights, as shipped.
 
 Checkpoints: one ``.npz`` holding the model weights (BN statistics included), every optimiser
 variable and a JSON state (step, epoch, position in the epoch, seed, history). Written atomically
@@ -178,6 +181,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
     val = next((r for r in state["history"] if r["step"] == state["step"]), {})
     meta = {"model": "uvreg", "width": cfg["width"], "stages": [list(x) for x in stages],
             "step": state["step"], "checkpoint": args.checkpoint,
+            "trained_precision": cfg.get("precision", "fp32"),
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
@@ -231,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--halve-every", type=float, default=5.0,
                    help="halve the lr every this many epochs (0: never)")
+    p.add_argument("--warmup", type=int, default=0, metavar="STEPS",
+                   help="ramp the lr up linearly over this many steps (default 0: full lr from step 0)")
     p.add_argument("--steps", type=int, default=100000, help="stop at this absolute step")
     p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of wall time")
     p.add_argument("--ckpt-every", type=int, default=100)
@@ -392,14 +398,21 @@ def _main(args: argparse.Namespace) -> int:
                   "fresh optimiser")
         else:
             model = build_backbone(args.width, stages)
-        extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std),
-                 "predict_model": build_uvreg_model(model, p_mean, p_std, args.data)}
+        extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std)}
+        shown = model
+        if args.precision != "fp32":
+            # validate (and so choose best.npz) with the weights as they ship: an fp32 twin
+            keras.mixed_precision.set_global_policy("float32")
+            shown = build_backbone(args.width, stages)
+            extra["sync_predict"] = lambda: shown.set_weights(model.get_weights())
+        extra["predict_model"] = build_uvreg_model(shown, p_mean, p_std, args.data)
     else:
         model = build_model(args.model, args.width)
     steps_per_epoch = max(1, len(train) // args.batch)
     halve = int(round(args.halve_every * steps_per_epoch)) if args.halve_every else 0
     trainer = Trainer(model, w, train, val, a.kpt_ind, a.face_ind, batch=args.batch, lr=args.lr,
-                      halve_every_steps=halve, workers=args.workers, jit=args.jit,
+                      halve_every_steps=halve, warmup_steps=args.warmup, workers=args.workers,
+                      jit=args.jit,
                       log=lambda s: print(s, flush=True), bn_batches=args.bn_batches, **extra)
     if args.resume:
         if not (out / "last.npz").exists():
@@ -419,7 +432,8 @@ def _main(args: argparse.Namespace) -> int:
     # a resumed fine-tune keeps the release it started from (its export records it)
     init = trainer.state.config.get("init") if args.resume else args.init
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
-                            "halve_every_steps": halve, "seed": args.seed, "labels": str(lpath),
+                            "halve_every_steps": halve, "warmup_steps": args.warmup, "seed": args.seed,
+                            "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
                             "precision": args.precision, "jit": args.jit, "init": init, **info}
     if args.model == "uvreg":

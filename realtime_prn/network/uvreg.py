@@ -61,7 +61,9 @@ def build_backbone(width: float = 1.0, stages: tuple = STAGES) -> object:
             y = cbr(y, ch(c), 1, f"s{i}_b{b}_c1", relu=False)
             x = L.ReLU(name=f"s{i}_b{b}_out")(L.Add(name=f"s{i}_b{b}_add")([x, y]))
     x = L.GlobalAveragePooling2D(name="pool")(x)
-    x = L.Dense(N_PARAMS, name="head", kernel_initializer="zeros")(x)
+    # float32 even under a mixed-precision policy: the 62 parameters scale a 256-pixel map, where
+    # bf16's 8-bit mantissa would be a pixel; the layer's weights are the same either way
+    x = L.Dense(N_PARAMS, name="head", kernel_initializer="zeros", dtype="float32")(x)
     return keras.Model(inp, x, name=f"{NAME}_backbone")
 
 
