@@ -660,3 +660,19 @@ def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, ca
     net, _, _, meta = load_weights(out)
     assert meta["trained_precision"] == "mixed_bfloat16"
     assert net.get_layer("s1_b0_c0").compute_dtype == "float32"  # ships and runs in fp32
+
+
+@pytest.mark.parametrize("precision", ["fp32", "mixed_bfloat16"])
+def test_training_step_benchmark_runs_uvreg(train_tool, capsys, precision):
+    """--benchmark times uvreg's own step (backbone on the 128 view + closed-form loss) in either
+    precision, and leaves the process in fp32 for whatever runs next."""
+    import json
+
+    import keras
+
+    pytest.importorskip("tensorflow")
+    assert train_tool.main(["--model", "uvreg", "--width", "0.25", "--blocks", "0", "1", "1", "1", "2",
+                            "--batch", "2", "--benchmark", "2", "--precision", precision]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["precision"] == precision and rec["train_img_s"] > 0 and 0 < rec["gmacs"] < 0.1
+    assert keras.mixed_precision.global_policy().name == "float32"
