@@ -276,7 +276,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--yaw-prob", type=float, default=0.0, help="probability of large-pose synthesis")
     p.add_argument("--flip", type=float, default=0.0, metavar="PROB",
                    help="uvreg: mirror this share of training samples (the label mirrored in parameter "
-                        "space, exact to ~0.25 %% of the face size; default 0 = none, as v1-v9)")
+                        "space, exact to ~0.25 %% of the face size; default 0 = none, as v1-v8)")
     p.add_argument("--synth", type=int, default=0,
                    help="uvreg: add this many synthesised large-pose faces to the training set")
     p.add_argument("--val-synth", type=int, default=0,
