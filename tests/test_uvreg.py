@@ -583,6 +583,7 @@ def test_flip_augmentation_mirrors_image_and_label_together(decoder, labelled, a
 @pytest.mark.parametrize("extra, says", [
     (["--model", "uvreg", "--flip", "1.5"], "--flip is a probability"),
     (["--model", "student", "--flip", "0.5"], "--flip needs --model uvreg"),
+    (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
 ])
 def test_bad_flip_is_one_usage_error(train_tool, capsys, extra, says):
     with pytest.raises(SystemExit) as exc:
@@ -662,6 +663,9 @@ def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, ca
     net, _, _, meta = load_weights(out)
     assert meta["trained_precision"] == "mixed_bfloat16"
     assert net.get_layer("s1_b0_c0").compute_dtype == "float32"  # ships and runs in fp32
+    capsys.readouterr()
+    assert train_tool.main(common + ["--resume", "--steps", "2", "--batch", "4", "--bn-batches", "0"]) == 0
+    assert "the checkpoint trained in mixed_bfloat16" in capsys.readouterr().out  # said, not silent
 
 
 @pytest.mark.parametrize("precision", ["fp32", "mixed_bfloat16"])

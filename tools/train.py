@@ -326,6 +326,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--flip is a probability in [0, 1], not {args.flip:g}")
     if args.flip and args.model != "uvreg":
         p.error("--flip needs --model uvreg (its labels are mirrored in parameter space)")
+    if args.warmup < 0:
+        p.error(f"--warmup is a number of steps, 0 or more, not {args.warmup}")
     return args
 
 
@@ -443,6 +445,10 @@ def _main(args: argparse.Namespace) -> int:
             trainer.state.best_nme, trainer.state.best_step = float("inf"), -1
         changed = [f"{k} {trainer.state.config[k]} -> {v}" for k, v in info.items()
                    if k in trainer.state.config and trainer.state.config[k] != v]
+        was = trainer.state.config.get("precision", "fp32")
+        if was != args.precision:  # allowed (the weights are fp32 either way), but not silently
+            print(f"resumed in {args.precision}; the checkpoint trained in {was} "
+                  f"(pass --precision {was} to keep it)")
         if changed:  # allowed (a deliberate change of data mid-run), but not silently
             print("resumed with other data than the checkpoint's: " + "; ".join(changed))
     else:
