@@ -357,19 +357,37 @@ def test_released_weights_agree_with_the_teacher_on_photos(released, eval_dir):
     assert np.median(errs) < PHOTO_MEDIAN_BOUND and (errs < 10).mean() >= 0.75, errs.round(2)
 
 
-def test_init_fine_tunes_from_the_release(tmp_path, train_tool, capsys):
+@pytest.fixture(scope="module")
+def release_onnx_val(tmp_path_factory, train_tool):
+    """(the run args of a small uvreg split, what the release's own fp32 ONNX scores on it): the
+    reference a run started from the release must reproduce at step 0."""
+    import contextlib
+    import io
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.weights import onnx_model, resolve_weights
+
+    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5"]
+    onnx = onnx_model(resolve_weights("uvreg"), log=lambda s: None)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = train_tool.main(common + ["--out", str(tmp_path_factory.mktemp("ref")),
+                                       "--validate-onnx", str(onnx)])
+    assert rc == 0
+    return common, json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def test_init_fine_tunes_from_the_release(tmp_path, train_tool, release_onnx_val):
     """--init starts a run from a release's weights AND output scale, with a fresh optimiser: its
     step-0 validation equals what the release's own ONNX scores on the same split (a fine-tune starts
     where the release is, not from scratch), and the run records where it started from."""
     import json
 
-    pytest.importorskip("tensorflow")
-    from realtime_prn.weights import onnx_model, release_file, resolve_weights
+    from realtime_prn.weights import release_file
 
-    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path)]
-    onnx = onnx_model(resolve_weights("uvreg"), log=lambda s: None)
-    assert train_tool.main(common + ["--validate-onnx", str(onnx)]) == 0
-    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    split, ref = release_onnx_val
+    common = split + ["--out", str(tmp_path)]
     # no BatchNorm recalibration: the weights stay exactly the release's
     assert train_tool.main(common + ["--init", str(release_file()), "--steps", "0", "--bn-batches", "0"]) == 0
     hist = json.loads((tmp_path / "history.json").read_text())
@@ -620,18 +638,18 @@ def test_warmup_ramps_the_lr_then_halves_it(tmp_path, train_tool):
     assert tr.lr_at(0) == pytest.approx(1e-3)
 
 
-def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, capsys):
+def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, capsys, release_onnx_val):
     """--precision mixed_bfloat16 (1.4x the fp32 step here: Zen4's AVX-512 BF16) computes the
     backbone in bf16 but keeps the 62-parameter head in fp32, and validation (which picks best.npz)
     runs an fp32 twin of the weights: the release's step-0 score equals its own fp32 ONNX's on the
     same split, and a bf16-trained checkpoint loads into the fp32 network that ships."""
     import json
 
+    pytest.importorskip("tensorflow")
     import keras
 
-    pytest.importorskip("tensorflow")
-    from realtime_prn.network.uvreg import build_backbone
-    from realtime_prn.weights import onnx_model, release_file, resolve_weights
+    from realtime_prn.network.uvreg import build_backbone, load_weights
+    from realtime_prn.weights import release_file
 
     try:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -641,10 +659,8 @@ def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, ca
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
-    common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path)]
-    onnx = onnx_model(resolve_weights("uvreg"), log=lambda s: None)
-    assert train_tool.main(common + ["--validate-onnx", str(onnx)]) == 0
-    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    split, ref = release_onnx_val
+    common = split + ["--out", str(tmp_path)]
     try:
         assert train_tool.main(common + ["--init", str(release_file()), "--precision", "mixed_bfloat16",
                                          "--steps", "1", "--batch", "4", "--bn-batches", "0",
@@ -658,8 +674,6 @@ def test_bf16_training_validates_the_weights_as_shipped(tmp_path, train_tool, ca
     out = tmp_path / "rel.npz"
     assert train_tool.main(["--model", "uvreg", "--out", str(tmp_path), "--export", "--checkpoint", "last",
                             "--release", str(out)]) == 0
-    from realtime_prn.network.uvreg import load_weights
-
     net, _, _, meta = load_weights(out)
     assert meta["trained_precision"] == "mixed_bfloat16"
     assert net.get_layer("s1_b0_c0").compute_dtype == "float32"  # ships and runs in fp32

@@ -109,7 +109,9 @@ def benchmark(args: argparse.Namespace) -> int:
         from realtime_prn.training.labels import PosmapDecoder
 
         model = build_backbone(args.width, with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES)
-        extra["loss_fn"] = uvreg_loss(PosmapDecoder().rows, w, np.zeros(N_PARAMS, np.float32),
+        dec = PosmapDecoder()
+        w = loss_weights(a.weight_mask, a.face_mask, dec.covered)  # the weights training uses
+        extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
                                       np.ones(N_PARAMS, np.float32))
         x = rng.uniform(-1, 1, (args.batch, INPUT, INPUT, 3)).astype(np.float32)
         y = rng.normal(0, 1, (args.batch, N_PARAMS)).astype(np.float32)
