@@ -235,9 +235,13 @@ def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
         assert 1.0 < r["nme2d"]["all"] < 5.0
         assert r["nme2d"]["all"] <= r["nme3d"]["all"] < 8.0
         assert r["pose_fsanet"]["mean"] < 8.0
+        by_yaw = r["pose_by_yaw"]
+        assert by_yaw["le60"]["n"] + by_yaw["gt60"]["n"] == r["pose_fsanet"]["n"]
+        assert by_yaw["le60"]["n"] > 0
         assert r["timing_ms"]["median"] > 0
     assert res["results"]["detector"]["miss_rate"] <= 0.1
     assert (out / "results.md").is_file() and (out / "ced.png").stat().st_size > 1000
+    assert "pose MAE by GT yaw" in (out / "results.md").read_text()
     assert "reproduce:" in proc.stdout
 
 
