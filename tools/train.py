@@ -38,6 +38,7 @@ landmark NME), history.json, val_curve.csv, val_curve.png, train.log lines on st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -78,6 +79,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Keras' dtype policy is process-global: scope it to the models built under it, so whatever
+    is built after (uvreg's fp32 twin that validates what ships, the next test's model) is float32."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32" if precision == "fp32" else precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def set_threads(n: int | None) -> None:
     import tensorflow as tf
 
@@ -97,8 +111,6 @@ def benchmark(args: argparse.Namespace) -> int:
     from realtime_prn.assets import load_assets
     from realtime_prn.training.student import build_model, count_macs
 
-    if args.precision != "fp32":
-        keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(0)
     a = load_assets()
     w = loss_weights(a.weight_mask, a.face_mask)
@@ -108,7 +120,9 @@ def benchmark(args: argparse.Namespace) -> int:
         from realtime_prn.network.uvreg import INPUT, N_PARAMS, STAGES, build_backbone, with_blocks
         from realtime_prn.training.labels import PosmapDecoder
 
-        model = build_backbone(args.width, with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES)
+        stages = with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
+        with dtype_policy(args.precision):
+            model = build_backbone(args.width, stages)
         dec = PosmapDecoder()
         w = loss_weights(a.weight_mask, a.face_mask, dec.covered)  # the weights training uses
         extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
@@ -116,7 +130,8 @@ def benchmark(args: argparse.Namespace) -> int:
         x = rng.uniform(-1, 1, (args.batch, INPUT, INPUT, 3)).astype(np.float32)
         y = rng.normal(0, 1, (args.batch, N_PARAMS)).astype(np.float32)
     else:
-        model = build_model(args.model, args.width)
+        with dtype_policy(args.precision):
+            model = build_model(args.model, args.width)
         x = rng.random((args.batch, RES, RES, 3), dtype=np.float32)
         y = (rng.random((args.batch, RES, RES, 3), dtype=np.float32) * 200).astype(np.float32)
     data = FaceData(np.zeros((1, 62)), np.zeros((1, 4)), np.zeros((1, 68, 2)), lambda i: None, None,
@@ -132,7 +147,6 @@ def benchmark(args: argparse.Namespace) -> int:
     print(json.dumps({"model": args.model, "precision": args.precision, "jit": args.jit, "batch": args.batch,
                       "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
                       "train_img_s": args.batch / float(np.median(times))}))
-    keras.mixed_precision.set_global_policy("float32")
     return 0
 
 
@@ -333,6 +347,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
+    """The backbone to train, its stages and output statistics: a resumed run's own, a release's
+    (``--init``, deepened to ``--blocks`` when asked), or fresh ones from the training labels.
+
+    Output scale, width and stages are part of the weights, so a resume takes them from its
+    checkpoint, never from the command line.
+    """
+    from realtime_prn.network.uvreg import STAGES, build_backbone, with_blocks
+    from realtime_prn.training.uvreg_data import param_stats
+
+    stages = with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
+    p_mean, p_std = param_stats(train)
+    if args.resume and (out / "last.npz").exists():
+        with np.load(out / "last.npz") as z:
+            ck = json.loads(str(z["state"]))["config"]
+        p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
+        args.width = float(ck.get("width", args.width))
+        stages = tuple(tuple(x) for x in ck.get("stages", STAGES))
+    if not args.init or args.resume:
+        return build_backbone(args.width, stages), stages, p_mean, p_std
+    from realtime_prn.network.uvreg import load_weights
+
+    try:
+        model, p_mean, p_std, meta = load_weights(args.init)
+    except (OSError, ValueError):
+        raise ValueError(f"--init: {args.init} is not a uvreg release file (expected one like "
+                         "the committed realtime_prn/models/uvreg-v*.npz)") from None
+    args.width = float(meta.get("width", args.width))
+    released = tuple(tuple(x) for x in meta.get("stages", STAGES))
+    if args.blocks and stages != released:
+        from realtime_prn.network.uvreg import deepen_backbone
+
+        model = deepen_backbone(model, args.width, released, stages)
+        print(f"deepened: blocks {[b for _, b in released]} -> {[b for _, b in stages]}, "
+              "added blocks start as identities")
+    else:
+        stages = released
+    print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); fresh optimiser")
+    return model, stages, p_mean, p_std
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -381,55 +436,23 @@ def _main(args: argparse.Namespace) -> int:
     if args.validate_onnx:
         return validate_onnx(args, val, a, w)
 
-    if args.precision != "fp32":
-        keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(args.seed)
     extra: dict = {}
     if args.model == "uvreg":
-        from realtime_prn.network.uvreg import STAGES, build_backbone, build_uvreg_model, with_blocks
-        from realtime_prn.training.uvreg_data import param_stats
+        from realtime_prn.network.uvreg import build_backbone, build_uvreg_model
 
-        stages = with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
-
-        p_mean, p_std = param_stats(train)
-        if args.resume and (out / "last.npz").exists():  # output scale and width are part of the weights
-            with np.load(out / "last.npz") as z:
-                ck = json.loads(str(z["state"]))["config"]
-            p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
-            args.width = float(ck.get("width", args.width))
-            stages = tuple(tuple(x) for x in ck.get("stages", STAGES))
-        if args.init and not args.resume:
-            from realtime_prn.network.uvreg import load_weights
-
-            try:
-                model, p_mean, p_std, meta = load_weights(args.init)
-            except (OSError, ValueError):
-                raise ValueError(f"--init: {args.init} is not a uvreg release file (expected one like "
-                                 "the committed realtime_prn/models/uvreg-v*.npz)") from None
-            args.width = float(meta.get("width", args.width))
-            released = tuple(tuple(x) for x in meta.get("stages", STAGES))
-            if args.blocks and stages != released:
-                from realtime_prn.network.uvreg import deepen_backbone
-
-                model = deepen_backbone(model, args.width, released, stages)
-                print(f"deepened: blocks {[b for _, b in released]} -> {[b for _, b in stages]}, "
-                      "added blocks start as identities")
-            else:
-                stages = released
-            print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); "
-                  "fresh optimiser")
-        else:
-            model = build_backbone(args.width, stages)
+        with dtype_policy(args.precision):
+            model, stages, p_mean, p_std = uvreg_backbone(args, train, out)
         extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std)}
         shown = model
         if args.precision != "fp32":
             # validate (and so choose best.npz) with the weights as they ship: an fp32 twin
-            keras.mixed_precision.set_global_policy("float32")
             shown = build_backbone(args.width, stages)
             extra["sync_predict"] = lambda: shown.set_weights(model.get_weights())
         extra["predict_model"] = build_uvreg_model(shown, p_mean, p_std, args.data)
     else:
-        model = build_model(args.model, args.width)
+        with dtype_policy(args.precision):
+            model = build_model(args.model, args.width)
     steps_per_epoch = max(1, len(train) // args.batch)
     halve = int(round(args.halve_every * steps_per_epoch)) if args.halve_every else 0
     trainer = Trainer(model, w, train, val, a.kpt_ind, a.face_ind, batch=args.batch, lr=args.lr,

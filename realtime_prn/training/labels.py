@@ -342,6 +342,14 @@ class PosmapDecoder:
         self._cov_flat = ub.covered.reshape(n)
         self._rows_mean = rows[:, self._cov_flat].astype(np.float64).mean(axis=1)  # for centroid()
 
+    def shape_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The BFM shape at flat UV pixels ``idx``: mean (n, 3) and basis (n, 3, K), float64, so
+        callers that reason in shape space (the mirror label) need not know the layout of ``rows``."""
+        rows = self.rows[:, np.asarray(idx)].astype(np.float64)
+        mean = np.stack([rows[d * self.nb] for d in range(3)], axis=1)
+        basis = np.stack([rows[d * self.nb + 1:(d + 1) * self.nb].T for d in range(3)], axis=1)
+        return mean, basis
+
     def image_affine(self, params: np.ndarray, roi: np.ndarray | list[float]) -> np.ndarray:
         """3x4 affine: BFM point -> image pixels (x, y, and z scaled like them; no min-z shift).
 

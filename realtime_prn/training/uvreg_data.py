@@ -215,19 +215,11 @@ class LabelMirror:
     """
 
     def __init__(self, decoder: object, face_mask: np.ndarray) -> None:
-        nb = decoder.nb
         both = decoder.covered & decoder.covered[:, ::-1] & np.asarray(face_mask, bool)
         ys, xs = np.nonzero(both)
         p, pm = ys * RES + xs, ys * RES + (RES - 1 - xs)
-        rows = decoder.rows.astype(np.float64)
-
-        def shape_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            mean = np.stack([rows[d * nb, idx] for d in range(3)], axis=1)  # (n, 3)
-            basis = np.stack([rows[d * nb + 1:(d + 1) * nb, idx].T for d in range(3)], axis=1)  # (n, 3, K)
-            return mean, basis
-
-        mean, basis = shape_rows(p)
-        mean_m, basis_m = shape_rows(pm)
+        mean, basis = decoder.shape_rows(p)
+        mean_m, basis_m = decoder.shape_rows(pm)
         self.x0 = float(mean[:, 0].mean())
         flip = np.array([-1.0, 1.0, 1.0])
         target_mean = mean_m * flip + np.array([2 * self.x0, 0.0, 0.0]) - mean
