@@ -237,7 +237,8 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
                              log=lambda s: None)
     tr.state.step = 7
     tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0] * 62,
-                       "stages": [list(x) for x in stages]}
+                       "stages": [list(x) for x in stages],
+                       "n_synth": 5, "data_seed": 3, "flip_prob": 0.5, "n_val_synth": 2, "lr": 1e-4}
     tr.state.history = [{"step": 7, "val_nme68": 3.0, "val_score": 3.5}, {"step": 9, "val_nme68": 9.0}]
     tr.save(tmp_path / "ck.npz")
     args = argparse.Namespace(release=str(tmp_path / "rel" / "uvreg-v1.npz"), checkpoint="last")
@@ -245,6 +246,7 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     entry = json.loads((tmp_path / "rel" / "manifest.json").read_text())["uvreg"]
     assert entry["sha256"] == sha256_file(tmp_path / "rel" / "uvreg-v1.npz")
     assert (entry["step"], entry["val_nme68_vs_teacher"], entry["val_score"]) == (7, 3.0, 3.5)
+    assert entry["synth"] == {"n_synth": 5, "data_seed": 3, "flip_prob": 0.5}  # training data only
     loaded, p_mean, p_std, meta = load_weights(tmp_path / "rel" / "uvreg-v1.npz")
     assert [tuple(x) for x in meta["stages"]] == list(stages)
     for a, b in zip(backbone.weights, loaded.weights):

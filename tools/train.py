@@ -53,7 +53,12 @@ if str(ROOT) not in sys.path:
 
 from realtime_prn.crop import RES  # noqa: E402
 from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig  # noqa: E402
-from realtime_prn.training.datasets import make_datasets, make_uvreg_datasets, uvreg_loss  # noqa: E402
+from realtime_prn.training.datasets import (  # noqa: E402
+    UVREG_DATA_KEYS,
+    make_datasets,
+    make_uvreg_datasets,
+    uvreg_loss,
+)
 from realtime_prn.training.trainer import (  # noqa: E402
     FaceData,
     Trainer,
@@ -219,8 +224,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path) -> int:
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
-            "synth": {k: cfg[k] for k in ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch",
-                                          "backgrounds", "data_seed", "flip_prob") if k in cfg},
+            "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg},
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg"}
     save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)

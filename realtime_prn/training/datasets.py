@@ -93,6 +93,12 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
     return loss
 
 
+# The keys of make_uvreg_datasets' info that say what the training samples were (not the split or
+# the validation set): a release records them, so its weights can be traced to their data.
+UVREG_DATA_KEYS = ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch", "backgrounds",
+                   "data_seed", "flip_prob")
+
+
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
                         data_root: str | None = None, synth: int = 0, val_synth: int = 0,
                         synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
