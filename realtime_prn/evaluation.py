@@ -157,6 +157,25 @@ def to_aflw_angles(angles: np.ndarray) -> np.ndarray:
     return a
 
 
+def rotation_error(pred_aflw: np.ndarray, gt_aflw: np.ndarray) -> np.ndarray:
+    """Degrees of the rotation between two poses (the geodesic angle of R_pred^T R_gt), per row.
+
+    Why beside the per-angle MAE: near 90 deg yaw Euler angles are ill-conditioned (at the
+    gimbal only one combination of pitch and roll is defined), so a rotation off by a few
+    degrees can show pitch and roll each off by 100. Inputs are N×3 (pitch, yaw, roll) in AFLW's
+    convention, whose R = Rx·Ry·Rz is built from transposed elementary rotations (see
+    :func:`to_aflw_angles`): the textbook matrices of the negated angles. NaN rows give NaN.
+    """
+    p = np.asarray(pred_aflw, np.float64).reshape(-1, 3)
+    g = np.asarray(gt_aflw, np.float64).reshape(-1, 3)
+    out = np.full(len(p), np.nan)
+    for i, (a, b) in enumerate(zip(p, g)):
+        if np.isfinite(a).all() and np.isfinite(b).all():
+            rel = matrix_from_euler(*-a).T @ matrix_from_euler(*-b)
+            out[i] = np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1.0, 1.0)))
+    return out
+
+
 def fsanet_mask(gt_angles: np.ndarray, limit: float = FSANET_LIMIT) -> np.ndarray:
     """Images kept by the FSA-Net pose protocol: every raw GT angle within ±99 degrees.
 

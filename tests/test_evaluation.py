@@ -147,6 +147,37 @@ def test_to_aflw_angles_matches_the_derivation(pose_para):
                                np.degrees(pose_para), atol=1e-9)
 
 
+def _turned(angles_aflw: np.ndarray, axis: np.ndarray, degrees: float) -> np.ndarray:
+    """AFLW angles of the pose ``angles_aflw`` turned further by ``degrees`` about ``axis``."""
+    import cv2
+
+    from realtime_prn.geometry.pose import matrix_from_euler
+
+    axis = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+    turn = cv2.Rodrigues(axis * np.radians(degrees))[0]
+    r = matrix_from_euler(*-np.asarray(angles_aflw, np.float64)) @ turn  # AFLW: negated angles
+    return -euler_from_matrix(r)
+
+
+def test_rotation_error_is_the_angle_between_the_rotations():
+    """Exact: a pose turned by 5 deg about any axis is 5 deg away, the other Euler branch of the
+    same rotation (or a wound angle) 0 away; near 90 deg yaw a 3 deg turn moves pitch and roll by
+    tens of degrees each, which is why the geodesic error is reported beside the per-angle MAE."""
+    rng = np.random.default_rng(0)
+    gt = np.array([[10.0, 30.0, -5.0], [-20.0, 70.0, 15.0], [5.0, -45.0, 40.0]])
+    pred = np.array([_turned(g, rng.normal(size=3), 5.0) for g in gt])
+    np.testing.assert_allclose(ev.rotation_error(pred, gt), 5.0, atol=1e-6)
+    other = gt + [180.0, 0.0, 180.0]
+    other[:, 1] = 180.0 - gt[:, 1]
+    np.testing.assert_allclose(ev.rotation_error(other, gt), 0.0, atol=1e-5)
+    np.testing.assert_allclose(ev.rotation_error(gt + [720.0, 0, 0], gt), 0.0, atol=1e-5)
+    near = np.array([0.0, 88.0, 0.0])
+    off = _turned(near, [1.0, 0.0, 0.0], 3.0)
+    assert ev.rotation_error(off, near)[0] == pytest.approx(3.0, abs=1e-6)
+    assert ev.angle_error(off[0], near[0]) > 20 and ev.angle_error(off[2], near[2]) > 20
+    assert np.isnan(ev.rotation_error([np.nan, 0, 0], [0, 0, 0])[0])
+
+
 def test_fsanet_mask():
     a = np.array([[0, 0, 0], [99, -99, 0], [0, 99.5, 0], [-100, 0, 0]])
     assert ev.fsanet_mask(a).tolist() == [True, True, False, False]
@@ -238,10 +269,13 @@ def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
         by_yaw = r["pose_by_yaw"]
         assert by_yaw["le60"]["n"] + by_yaw["gt60"]["n"] == r["pose_fsanet"]["n"]
         assert by_yaw["le60"]["n"] > 0
+        rot = r["rotation_error_by_yaw"]  # working: ~6 deg; random rotations average ~126
+        assert 0 < rot["le60"] < 15
         assert r["timing_ms"]["median"] > 0
     assert res["results"]["detector"]["miss_rate"] <= 0.1
     assert (out / "results.md").is_file() and (out / "ced.png").stat().st_size > 1000
     assert "pose MAE by GT yaw" in (out / "results.md").read_text()
+    assert "rotation error (geodesic" in (out / "results.md").read_text()
     assert "reproduce:" in proc.stdout
 
 
