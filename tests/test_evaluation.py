@@ -276,6 +276,13 @@ def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
     assert (out / "results.md").is_file() and (out / "ced.png").stat().st_size > 1000
     assert "pose MAE by GT yaw" in (out / "results.md").read_text()
     assert "rotation error (geodesic" in (out / "results.md").read_text()
+    import csv
+
+    rows = [r for r in csv.DictReader(open(out / "per_image.csv")) if r["crop"] == "gt"]
+    ours = [[float(r[k]) for k in ("pitch", "yaw", "roll")] for r in rows]
+    theirs = [[float(r[k]) for k in ("pitch_gt", "yaw_gt_mat", "roll_gt")] for r in rows]
+    np.testing.assert_allclose([float(r["rotation_error"]) for r in rows], ev.rotation_error(ours, theirs),
+                               atol=5e-3)
     assert "reproduce:" in proc.stdout
 
 

@@ -359,7 +359,7 @@ def score(ds: Dataset, run: Run) -> dict:
         out["misses_no_face"] = int(((~hit) & (run.n_faces == 0)).sum())
         out["misses_no_overlap"] = int(((~hit) & (run.n_faces > 0)).sum())
         out["median_iou"] = float(np.median(run.iou[hit])) if hit.any() else None
-    out["_per_image"] = (e2, e3, ours_aflw)
+    out["_per_image"] = (e2, e3, ours_aflw, rot_err)
     return out
 
 
@@ -449,11 +449,12 @@ def write_reports(out: Path, results: dict, meta: dict, ds: Dataset, label: str)
     with open(out / "per_image.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll",
-                    "pitch_gt", "yaw_gt_mat", "roll_gt"])
-        for crop, (e2, e3, ang) in per_image.items():
+                    "pitch_gt", "yaw_gt_mat", "roll_gt", "rotation_error"])
+        for crop, (e2, e3, ang, rot) in per_image.items():
             for i, fpath in enumerate(ds.files):
                 w.writerow([fpath.name, crop, f"{ds.yaw[i]:.3f}", f"{e2[i]:.6f}", f"{e3[i]:.6f}",
-                            *(f"{v:.3f}" for v in ang[i]), *(f"{v:.3f}" for v in ds.pose[i])])
+                            *(f"{v:.3f}" for v in ang[i]), *(f"{v:.3f}" for v in ds.pose[i]),
+                            f"{rot[i]:.3f}"])
     plot_ced(out / "ced.png", results, label)
     return md
 
