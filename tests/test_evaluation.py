@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from realtime_prn import evaluation as ev
-from realtime_prn.geometry.pose import euler_from_matrix
+from realtime_prn.geometry.pose import euler_from_matrix, matrix_from_euler
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "evaluate_aflw2000.py"
@@ -150,8 +150,6 @@ def test_to_aflw_angles_matches_the_derivation(pose_para):
 def _turned(angles_aflw: np.ndarray, axis: np.ndarray, degrees: float) -> np.ndarray:
     """AFLW angles of the pose ``angles_aflw`` turned further by ``degrees`` about ``axis``."""
     import cv2
-
-    from realtime_prn.geometry.pose import matrix_from_euler
 
     axis = np.asarray(axis, np.float64) / np.linalg.norm(axis)
     turn = cv2.Rodrigues(axis * np.radians(degrees))[0]

@@ -97,6 +97,13 @@ def dtype_policy(precision: str):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def requested_stages(args: argparse.Namespace) -> tuple:
+    """uvreg's stages with ``--blocks`` applied (the default network's without it)."""
+    from realtime_prn.network.uvreg import STAGES, with_blocks
+
+    return with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
+
+
 def set_threads(n: int | None) -> None:
     import tensorflow as tf
 
@@ -122,12 +129,11 @@ def benchmark(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     extra: dict = {}
     if args.model == "uvreg":
-        from realtime_prn.network.uvreg import INPUT, N_PARAMS, STAGES, build_backbone, with_blocks
+        from realtime_prn.network.uvreg import INPUT, N_PARAMS, build_backbone
         from realtime_prn.training.labels import PosmapDecoder
 
-        stages = with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
         with dtype_policy(args.precision):
-            model = build_backbone(args.width, stages)
+            model = build_backbone(args.width, requested_stages(args))
         dec = PosmapDecoder()
         w = loss_weights(a.weight_mask, a.face_mask, dec.covered)  # the weights training uses
         extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
@@ -358,20 +364,19 @@ def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
     Output scale, width and stages are part of the weights, so a resume takes them from its
     checkpoint, never from the command line.
     """
-    from realtime_prn.network.uvreg import STAGES, build_backbone, with_blocks
+    from realtime_prn.network.uvreg import STAGES, build_backbone, load_weights
     from realtime_prn.training.uvreg_data import param_stats
 
-    stages = with_blocks(tuple(args.blocks), STAGES) if args.blocks else STAGES
-    p_mean, p_std = param_stats(train)
+    stages = requested_stages(args)
     if args.resume and (out / "last.npz").exists():
         with np.load(out / "last.npz") as z:
             ck = json.loads(str(z["state"]))["config"]
-        p_mean, p_std = np.asarray(ck["p_mean"], np.float32), np.asarray(ck["p_std"], np.float32)
         args.width = float(ck.get("width", args.width))
         stages = tuple(tuple(x) for x in ck.get("stages", STAGES))
-    if not args.init or args.resume:
-        return build_backbone(args.width, stages), stages, p_mean, p_std
-    from realtime_prn.network.uvreg import load_weights
+        return (build_backbone(args.width, stages), stages, np.asarray(ck["p_mean"], np.float32),
+                np.asarray(ck["p_std"], np.float32))
+    if not args.init or args.resume:  # fresh (a --resume without a checkpoint fails after this)
+        return (build_backbone(args.width, stages), stages, *param_stats(train))
 
     try:
         model, p_mean, p_std, meta = load_weights(args.init)
