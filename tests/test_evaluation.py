@@ -181,6 +181,58 @@ def test_fsanet_mask():
     assert ev.fsanet_mask(a).tolist() == [True, True, False, False]
 
 
+# --------------------------------------------------------------------------- paired bootstrap
+
+
+def _yaws(n_per_bin: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.uniform(0, 30, n_per_bin), -rng.uniform(31, 60, n_per_bin),
+                           rng.uniform(61, 95, n_per_bin)])
+
+
+def test_paired_bootstrap_is_paired_and_stratified():
+    """Exact: a constant change per yaw bin gives an interval of zero width around the mean of the
+    three changes, because every draw takes the same images on both sides (pairing) and the same
+    number from each bin (stratification); unpaired or pooled draws would spread it."""
+    yaw = _yaws()
+    a = np.random.default_rng(1).gamma(2.0, 0.02, len(yaw))
+    shift = np.array([-0.001, -0.002, -0.006])[ev.yaw_bins(yaw)]
+    r = ev.paired_bootstrap(a, a + shift, yaw, resamples=300)
+    assert r["bin_mean"]["diff"] == pytest.approx(-0.003)
+    assert r["bin_mean"]["low"] == pytest.approx(-0.003) and r["bin_mean"]["high"] == pytest.approx(-0.003)
+    assert r["all"]["diff"] == pytest.approx(shift.mean())
+    assert r["all"]["low"] == pytest.approx(shift.mean()) and r["all"]["high"] == pytest.approx(shift.mean())
+    assert r["b_better"] == 1.0 and r["n"] == len(yaw)
+    # the bin mean is summarize's headline figure (which is in percent)
+    assert 100 * r["bin_mean"]["a"] == pytest.approx(ev.summarize(a, yaw)["bin_mean"])
+
+
+def test_paired_bootstrap_noise_swap_and_misses():
+    yaw = _yaws()
+    rng = np.random.default_rng(2)
+    a = rng.gamma(2.0, 0.02, len(yaw))
+    b = a + rng.normal(0, 0.004, len(yaw))
+    r = ev.paired_bootstrap(a, b, yaw, resamples=500)
+    assert r["bin_mean"]["low"] < r["bin_mean"]["diff"] < r["bin_mean"]["high"]
+    assert r["bin_mean"]["low"] < r["bin_mean"]["high"]
+    wider = ev.paired_bootstrap(a, a + 3 * (b - a), yaw, resamples=500)
+    assert wider["bin_mean"]["high"] - wider["bin_mean"]["low"] == pytest.approx(
+        3 * (r["bin_mean"]["high"] - r["bin_mean"]["low"]))
+    back = ev.paired_bootstrap(b, a, yaw, resamples=500)  # same seed, same draws: mirrored
+    assert back["bin_mean"]["diff"] == pytest.approx(-r["bin_mean"]["diff"])
+    assert back["bin_mean"]["low"] == pytest.approx(-r["bin_mean"]["high"])
+    b[[0, 50]] = np.nan  # a detector miss on B's side drops the image from both
+    a[[7]] = np.nan
+    m = ev.paired_bootstrap(a, b, yaw, resamples=50)
+    assert m["n"] == len(yaw) - 3 and m["n_dropped"] == 3
+    keep = np.isfinite(a) & np.isfinite(b)
+    assert m["all"]["a"] == pytest.approx(a[keep].mean())
+    with pytest.raises(ValueError, match="every yaw bin"):
+        ev.paired_bootstrap(a[:40], b[:40], yaw[:40])
+    with pytest.raises(ValueError, match="same length"):
+        ev.paired_bootstrap(a, b[:-1], yaw)
+
+
 # --------------------------------------------------------------------------- CED, boxes
 
 
@@ -291,3 +343,71 @@ def test_tool_bad_input_is_one_error_line(args):
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+
+
+# --------------------------------------------------------------------------- compare_evals.py
+
+COMPARE = ROOT / "tools" / "compare_evals.py"
+PER_IMAGE = ["file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll", "pitch_gt", "yaw_gt_mat",
+             "roll_gt", "rotation_error"]
+
+
+def _write_per_image(path: Path, yaw: np.ndarray, nme2d: np.ndarray, rot: np.ndarray,
+                     crops=("gt", "detector")) -> Path:
+    import csv
+
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PER_IMAGE)
+        for crop in crops:
+            for i, y in enumerate(yaw):
+                pitch_gt = 120.0 if i == 0 else 5.0  # image 0 is outside FSA-Net's +-99 deg set
+                w.writerow([f"image{i:05d}.jpg", crop, f"{y:.3f}", f"{nme2d[i]:.6f}", f"{1.3 * nme2d[i]:.6f}",
+                            "0", "0", "0", pitch_gt, f"{y:.3f}", "0", f"{rot[i]:.3f}"])
+    return path
+
+
+def test_compare_evals_reports_the_paired_difference(tmp_path):
+    """B's 2D NME lower by exactly 0.1 % on every image: B − A reads -0.100 with an interval of
+    zero width; the rotation error leaves image 0 (outside FSA-Net's set) out, as the evaluation's
+    pose figures do."""
+    yaw = _yaws(30)
+    rng = np.random.default_rng(3)
+    nme_a, rot = rng.gamma(2.0, 0.02, len(yaw)) + 0.002, rng.gamma(2.0, 3.0, len(yaw))
+    a = _write_per_image(tmp_path / "a", yaw, nme_a, rot)
+    b = _write_per_image(tmp_path / "b", yaw, nme_a - 0.001, rot + 1.0)
+    cmd = [sys.executable, str(COMPARE), str(a), str(b / "per_image.csv"), "--resamples", "200"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {tuple(c.strip() for c in ln.split("|")[1:3]): [c.strip() for c in ln.split("|")[3:-1]]
+            for ln in proc.stdout.splitlines() if ln.startswith("| gt") or ln.startswith("| detector")}
+    assert len(rows) == 8
+    two_d = rows[("gt", "2D NME %, bin mean")]
+    assert two_d[2] == "-0.100" and two_d[3] == "-0.100 … -0.100" and two_d[4] == "100.0 %"
+    assert two_d[5] == str(len(yaw))
+    assert float(two_d[0]) == pytest.approx(ev.summarize(nme_a, yaw)["bin_mean"], abs=1e-3)
+    three_d = rows[("detector", "3D NME %, bin mean")]
+    assert three_d[2] == "-0.130"
+    rot_row = rows[("gt", "rotation error deg, all")]
+    assert rot_row[2] == "+1.000" and rot_row[4] == "0.0 %" and rot_row[5] == str(len(yaw) - 1)
+    assert float(rot_row[0]) == pytest.approx(rot[1:].mean(), abs=1e-3)
+
+
+def test_compare_evals_bad_input_is_one_error_line(tmp_path):
+    yaw = _yaws(5)
+    good = _write_per_image(tmp_path / "good", yaw, np.full(len(yaw), 0.04), np.ones(len(yaw)))
+    gt_only = _write_per_image(tmp_path / "gt_only", yaw, np.full(len(yaw), 0.04), np.ones(len(yaw)),
+                               crops=("gt",))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "per_image.csv").write_text("file,crop\nx.jpg,gt\n")
+    cases = [[str(tmp_path / "missing"), str(good)], [str(tmp_path / "bad"), str(good)],
+             [str(good), str(gt_only)], [str(good), str(good), "--level", "2"]]
+    for args in cases:
+        proc = subprocess.run([sys.executable, str(COMPARE), *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr)
+    ok = subprocess.run([sys.executable, str(COMPARE), str(good), str(gt_only), "--crop", "gt"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "+0.000 … +0.000" in ok.stdout, ok.stderr
