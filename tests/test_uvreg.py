@@ -314,11 +314,11 @@ def released():
 def test_released_weights_on_aflw_subset(released):
     """First 100 sorted AFLW2000-3D images, PRN's 1.6 landmark crop (test data: measured, never tuned).
 
-    Measured: uvreg-v10 3.684 (TensorFlow; v9 3.726, v8 3.885, v7 4.004, v6 3.919, v5 4.050, v4 4.269, v3
-    4.250, v2 4.917, v1 4.894 -- this subset is mostly frontal, where v7 gained nothing; all 2000: v10 4.101,
-    v9 4.225, v8 4.291,
-    v7 4.382, v6 4.394, v5 4.447, v4 4.570, v3 4.854, v2 5.364, v1 5.572); mb05uv 3.113 and the
-    teacher 3.012 on the same 100; the mean shape ~10. The bound fails for a broken decoder, frame
+    Measured: uvreg-v12 3.681 (TensorFlow; v10 3.684, v9 3.726, v8 3.885, v7 4.004, v6 3.919, v5 4.050,
+    v4 4.269, v3 4.250, v2 4.917, v1 4.894 -- this subset is mostly frontal, where v7 gained nothing;
+    all 2000: v12 4.069, v10 4.101, v9 4.225, v8 4.291, v7 4.382, v6 4.394, v5 4.447, v4 4.570,
+    v3 4.854, v2 5.364, v1 5.572); mb05uv 3.113 and the teacher 3.012 on the same 100; the mean
+    shape ~10. The bound fails for a broken decoder, frame
     or resize (whole NME points), an untrained / wrong file, or a fall back to v2's accuracy.
     """
     import check_teacher_port as tool
@@ -332,7 +332,8 @@ def test_released_weights_agree_with_the_teacher_on_photos(released, eval_dir):
     """On the real photos of eval/images (never trained on), uvreg's landmarks sit within a few
     percent of the teacher-based mb05uv's on most faces BlazeFace finds.
 
-    Measured over 16 faces (uvreg-v10): median 1.8 %, 15 under 10 %, worst two 8.8 and 18.1 % (v9: 2.1 %,
+    Measured over 16 faces (uvreg-v12): median 1.8 %, 15 under 10 %, worst two 7.7 and 16.6 % (v10: 1.8 %,
+    15, worst 8.8 and 18.1 %; v9: 2.1 %,
     14, worst 11.0 and 20.1 %; v8:
     2.2 %, 14; v7: 2.3 %, 14; v6: 2.2 %, 14; v5: 2.2 %, 14; v4: 3.1 %, 14; v3: 3.5 %, 14; v2:
     3.8 %, 14; v1: 4.1 %, 14); v8's worst two are
