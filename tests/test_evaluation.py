@@ -348,18 +348,19 @@ def test_tool_bad_input_is_one_error_line(args):
 # --------------------------------------------------------------------------- compare_evals.py
 
 COMPARE = ROOT / "tools" / "compare_evals.py"
-PER_IMAGE = ["file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll", "pitch_gt", "yaw_gt_mat",
-             "roll_gt", "rotation_error"]
 
 
 def _write_per_image(path: Path, yaw: np.ndarray, nme2d: np.ndarray, rot: np.ndarray,
                      crops=("gt", "detector")) -> Path:
     import csv
 
+    sys.path.insert(0, str(TOOL.parent))
+    from evaluate_aflw2000 import PER_IMAGE_COLUMNS
+
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "per_image.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(PER_IMAGE)
+        w.writerow(PER_IMAGE_COLUMNS)
         for crop in crops:
             for i, y in enumerate(yaw):
                 pitch_gt = 120.0 if i == 0 else 5.0  # image 0 is outside FSA-Net's +-99 deg set

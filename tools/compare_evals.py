@@ -14,7 +14,6 @@ evaluation's pose figures, counts FSA-Net's images only (every GT angle within Â
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from evaluate_aflw2000 import PER_IMAGE_COLUMNS, UserError, _Parser  # noqa: E402  (this folder)
 
 from realtime_prn.evaluation import fsanet_mask, paired_bootstrap  # noqa: E402
 
@@ -34,16 +35,7 @@ METRICS = (
 )
 GT_POSE = ("pitch_gt", "yaw_gt_mat", "roll_gt")
 COLUMNS = {"file", "crop", "yaw_gt", *GT_POSE, *(m[0] for m in METRICS)}
-
-
-class UserError(Exception):
-    """Bad input; printed as one ``error:`` line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+assert COLUMNS <= set(PER_IMAGE_COLUMNS)
 
 
 def read_per_image(path: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -64,10 +56,6 @@ def read_per_image(path: Path) -> dict[str, dict[str, dict[str, float]]]:
                     k: float(row[k]) for k in COLUMNS - {"file", "crop"}}
         except ValueError as e:
             raise UserError(f"{f} line {reader.line_num}: {e}") from None
-    for rows in out.values():  # pose figures on FSA-Net's images, as evaluate_aflw2000.py reports them
-        for r in rows.values():
-            if not fsanet_mask([r[k] for k in GT_POSE]):
-                r["rotation_error"] = float("nan")
     return out
 
 
@@ -83,9 +71,13 @@ def compare(a: dict, b: dict, crops: list[str], resamples: int, level: float) ->
         if not files:
             raise UserError(f"crop '{crop}': the two files share no image")
         yaw = np.array([a[crop][f]["yaw_gt"] for f in files])
+        # pose figures on FSA-Net's images only, as evaluate_aflw2000.py reports them
+        fsanet = fsanet_mask(np.array([[a[crop][f][k] for k in GT_POSE] for f in files]))
         for col, label, scale, stats in METRICS:
             va = np.array([a[crop][f][col] for f in files])
             vb = np.array([b[crop][f][col] for f in files])
+            if col == "rotation_error":
+                va[~fsanet] = vb[~fsanet] = np.nan
             try:
                 r = paired_bootstrap(va, vb, yaw, resamples=resamples, level=level)
             except ValueError as e:

@@ -44,6 +44,9 @@ from realtime_prn.paths import DataNotFoundError, data_root  # noqa: E402
 
 CROPS = {"gt": ("gt",), "detector": ("detector",), "both": ("gt", "detector")}
 CONFIGS = "3ddfa_test_configs"
+# per_image.csv's header: written here, read back by tools/compare_evals.py
+PER_IMAGE_COLUMNS = ("file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll",
+                     "pitch_gt", "yaw_gt_mat", "roll_gt", "rotation_error")
 N_AFLW = 2000
 
 # Published figures (2D NME %, bins [0,30] / (30,60] / (60,90], mean of bins; 3D NME %; pose MAE deg).
@@ -448,8 +451,7 @@ def write_reports(out: Path, results: dict, meta: dict, ds: Dataset, label: str)
     (out / "results.md").write_text(text)
     with open(out / "per_image.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll",
-                    "pitch_gt", "yaw_gt_mat", "roll_gt", "rotation_error"])
+        w.writerow(PER_IMAGE_COLUMNS)
         for crop, (e2, e3, ang, rot) in per_image.items():
             for i, fpath in enumerate(ds.files):
                 w.writerow([fpath.name, crop, f"{ds.yaw[i]:.3f}", f"{e2[i]:.6f}", f"{e3[i]:.6f}",
