@@ -13,6 +13,7 @@ import numpy as np
 
 from .assets import load_assets
 from .crop import (
+    RES,
     CropRegion,
     crop_faces,
     region_from_box,
@@ -32,7 +33,10 @@ class Options:
     ``realtime_prn.weights`` (default the built-in ``mb05uv``). ``detector``: blazeface |
     haar | scrfd | dlib. ``max_faces``: keep the N largest (0 = all). ``flip``: also run each
     crop's mirror image and average the two position maps (``engines.flip``): lower landmark
-    error for twice the engine work, so off by default (the real-time path).
+    error for twice the engine work, so off by default (the real-time path). ``refine``: after
+    a detector's box crop, crop again from the 68 landmarks just found (PRN's landmark rule, the
+    crop the ground-truth protocol and the tracker use) and run the engine again, this many times;
+    faces that came with 68 landmarks (the caller's, a tracker's) are already cropped that way.
     """
 
     engine: str = "onnxruntime"
@@ -47,6 +51,7 @@ class Options:
     box_scale: float = 1.58
     landmark_scale: float = 1.6
     flip: bool = False
+    refine: int = 1
     data_root: str | os.PathLike | None = None
 
 
@@ -58,6 +63,8 @@ class FaceReconstructor:
                 raise TypeError(f"unknown option {key!r}")
             setattr(self.options, key, value)
         o = self.options
+        if not isinstance(o.refine, int) or o.refine < 0:
+            raise ValueError(f"refine must be a whole number of passes, 0 or more (got {o.refine!r})")
         self.assets = load_assets(o.data_root)
         if engine is None:
             from .engines import create_engine
@@ -115,32 +122,71 @@ class FaceReconstructor:
     def reconstruct_frames(self, frames: list[np.ndarray],
                            dets: list[list[Detection]]) -> list[list[Face]]:
         """Crop every detection of every frame, run them through the engine as one batch,
-        restore each map into its own frame. ``frames`` are BGR uint8; ``dets[i]`` are
-        frame i's faces."""
-        t0 = time.perf_counter()
+        restore each map into its own frame (box crops then refined, ``Options.refine``).
+        ``frames`` are BGR uint8; ``dets[i]`` are frame i's faces."""
+        self.timings.update(crop=0.0, engine=0.0, restore=0.0)
         regions = [[self.region(d) for d in ds] for ds in dets]
-        crops = [crop_faces(f, rs) for f, rs in zip(frames, regions) if rs]
-        if not crops:
-            self.timings.update(crop=0.0, engine=0.0, restore=0.0)
+        flat = [r for rs in regions for r in rs]
+        if not flat:
             return [[] for _ in frames]
-        batch = np.concatenate([c for c, _ in crops])
-        mats = np.concatenate([m for _, m in crops])
+        owner = [f for f, rs in enumerate(regions) for _ in rs]
+        pos, mats = self._crop_infer(frames, owner, flat)
+        # box crops only: a face given with 68 landmarks is cropped by the landmark rule already
+        boxed = [k for k, d in enumerate(d for ds in dets for d in ds)
+                 if d.landmarks is None or len(d.landmarks) != 68]
+        for _ in range(self.options.refine if boxed else 0):
+            pos, mats, flat = self._refine(frames, owner, boxed, pos, mats, flat)
+        out: list[list[Face]] = []
+        k = 0
+        for frame, ds in zip(frames, dets):
+            faces = []
+            for det in ds:
+                faces.append(Face(position_map=pos[k], image=frame, assets=self.assets,
+                                  region=flat[k], transform=mats[k], detection=det))
+                k += 1
+            out.append(faces)
+        return out
+
+    def _crop_infer(self, frames: list[np.ndarray], owner: list[int],
+                    regions: list[CropRegion]) -> tuple[np.ndarray, np.ndarray]:
+        """Restored position maps and crop matrices of ``regions`` (region k lies in frame owner[k]),
+        all through the engine as one batch; stage times added to ``timings``."""
+        t0 = time.perf_counter()
+        batch = np.empty((len(regions), RES, RES, 3), np.float32)
+        mats = np.empty((len(regions), 3, 3), np.float64)
+        for f in sorted(set(owner)):
+            ks = [k for k, o in enumerate(owner) if o == f]
+            batch[ks], mats[ks] = crop_faces(frames[f], [regions[k] for k in ks])
         t1 = time.perf_counter()
         pos = self.engine.infer(batch)
         t2 = time.perf_counter()
         pos = restore_position_maps(pos, mats)
         t3 = time.perf_counter()
-        self.timings.update(crop=t1 - t0, engine=t2 - t1, restore=t3 - t2)
-        out: list[list[Face]] = []
-        k = 0
-        for frame, ds, rs in zip(frames, dets, regions):
-            faces = []
-            for det, region in zip(ds, rs):
-                faces.append(Face(position_map=pos[k], image=frame, assets=self.assets,
-                                  region=region, transform=mats[k], detection=det))
-                k += 1
-            out.append(faces)
-        return out
+        for key, dt in (("crop", t1 - t0), ("engine", t2 - t1), ("restore", t3 - t2)):
+            self.timings[key] = self.timings.get(key, 0.0) + dt
+        return pos, mats
+
+    def _refine(self, frames: list[np.ndarray], owner: list[int], which: list[int], pos: np.ndarray,
+                mats: np.ndarray, regions: list[CropRegion]
+                ) -> tuple[np.ndarray, np.ndarray, list[CropRegion]]:
+        """One refinement pass over faces ``which``: landmark-rule crops from their current maps.
+
+        Why: a detector box is a loose, jittery frame (BlazeFace's box rule misses PRN's training
+        crop by up to a tenth of the face at large yaw); the landmarks of a first pass put the
+        second crop where the network was trained to see a face. A face whose landmarks are not
+        finite keeps its first pass."""
+        kpt = self.assets.kpt_flat
+        lms = {k: pos[k].reshape(-1, 3)[kpt, :2] for k in which}
+        redo = [k for k in which if np.isfinite(lms[k]).all()]
+        if not redo:
+            return pos, mats, regions
+        new = [region_from_landmarks(lms[k], self.options.landmark_scale) for k in redo]
+        p2, m2 = self._crop_infer(frames, [owner[k] for k in redo], new)
+        pos, mats, regions = np.array(pos), np.array(mats), list(regions)
+        pos[redo], mats[redo] = p2, m2
+        for k, r in zip(redo, new):
+            regions[k] = r
+        return pos, mats, regions
 
     def reconstruct_batch(self, images) -> list[list[Face]]:
         """Several images, every face of every image in one engine batch."""

@@ -19,6 +19,8 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .api import Options
+
     g = p.add_argument_group("model")
     g.add_argument("--engine", default="onnxruntime",
                    help="onnxruntime (CPU default; CUDA if onnxruntime-gpu is installed), "
@@ -37,6 +39,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true",
                    help="test-time flip averaging: each face and its mirror image through the engine, "
                         "the two position maps averaged (lower landmark error, twice the engine time)")
+    g.add_argument("--refine", type=int, default=Options().refine, metavar="N",
+                   help="re-crop each detected face from the landmarks just found and run the engine "
+                        "again, N times (default %(default)s; 0 = the detector box's crop only; "
+                        "videos track faces from landmarks anyway)")
     g.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces (0 = all)")
     g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     g.add_argument("--data", default=None, help="shared data folder (env REALTIME_PRN_DATA)")
@@ -49,7 +55,8 @@ def options_from_args(args):
         det_opts["tiles"] = True
     return Options(engine=args.engine, weights=args.weights, precision=args.precision,
                    detector=args.detector, detector_options=det_opts, max_faces=args.max_faces,
-                   threads=args.threads, data_root=args.data, flip=args.flip)
+                   threads=args.threads, data_root=args.data, flip=args.flip,
+                   refine=args.refine)
 
 
 def build_run_parser(p: argparse.ArgumentParser) -> None:

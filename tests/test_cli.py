@@ -55,7 +55,7 @@ def test_folder_with_a_corrupt_image_continues(tmp_path, eval_dir):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "empty_dir", "no_face", "weights", "engine",
-                                  "detector", "corrupt_video"])
+                                  "detector", "corrupt_video", "refine"])
 def test_bad_input_one_line_nonzero_nothing_lost(tmp_path, case):
     out = tmp_path / "out"
     out.mkdir()
@@ -70,6 +70,7 @@ def test_bad_input_one_line_nonzero_nothing_lost(tmp_path, case):
         "engine": [tmp_path / "grey.png", "--engine", "cuda-magic"],
         "detector": [tmp_path / "grey.png", "--detector", "nope"],
         "corrupt_video": [tmp_path / "bad.mp4"],
+        "refine": [tmp_path / "grey.png", "--refine", "-1"],
     }[case]
     (tmp_path / "bad.png").write_bytes(b"garbage")
     (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage")
@@ -80,7 +81,7 @@ def test_bad_input_one_line_nonzero_nothing_lost(tmp_path, case):
     line = _one_error_line(res)
     expect = {"missing": "not found", "corrupt": "cannot decode", "empty_dir": "no images",
               "no_face": "no face", "weights": "not found", "engine": "unknown engine",
-              "detector": "unknown detector", "corrupt_video": "video"}[case]
+              "detector": "unknown detector", "corrupt_video": "video", "refine": "refine"}[case]
     assert expect in line
     assert keep.read_text() == "from an earlier run"
 
@@ -88,5 +89,5 @@ def test_bad_input_one_line_nonzero_nothing_lost(tmp_path, case):
 def test_help_explains():
     res = cli("run", "--help")
     assert res.returncode == 0
-    for flag in ("--engine", "--weights", "--obj", "--depth", "--texture", "--every"):
+    for flag in ("--engine", "--weights", "--obj", "--depth", "--texture", "--every", "--refine"):
         assert flag in res.stdout

@@ -123,7 +123,7 @@ def bench_stages(args) -> None:
     """Per-face cost of everything around the engine, on a real photo."""
     import tempfile
 
-    from realtime_prn import FaceReconstructor
+    from realtime_prn import FaceReconstructor, Options
     from realtime_prn.crop import crop_faces, region_from_box, restore_position_maps
     from realtime_prn.image import read_image
     from realtime_prn.outputs import OutputKinds, write_face
@@ -137,8 +137,10 @@ def bench_stages(args) -> None:
     batch, mats = crop_faces(img, regions)
     pos = rec.engine.infer(batch)
 
-    def fresh():
-        return rec.reconstruct_detections(img, det)[0]
+    box_only = FaceReconstructor(Options(refine=0), engine=rec.engine, detector=rec.detector)
+
+    def fresh(r=rec):
+        return r.reconstruct_detections(img, det)[0]
 
     def geometry(attr):
         def run():
@@ -156,7 +158,8 @@ def bench_stages(args) -> None:
         ("depth image (numba z-buffer)", geometry("depth_image")),
         ("uv texture (cv2.remap)", geometry("texture")),
         ("per-vertex colours", geometry("colors")),
-        ("reconstruct total (no detect)", fresh),
+        (f"reconstruct total (no detect, refine {rec.options.refine})", fresh),
+        ("reconstruct total (no detect, refine 0)", lambda: fresh(box_only)),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(("write .obj (colours)",
@@ -164,7 +167,7 @@ def bench_stages(args) -> None:
         rows.append(("write .npz", lambda: write_face(face0, Path(tmp) / "f", OutputKinds(npz=True))))
         print(f"\n== per-face stage costs on a real photo ({img.shape[1]}x{img.shape[0]}), median ms ==")
         for name, fn in rows:
-            print(f"{name:34s} {timeit(fn, args.runs) * 1000:8.2f}", flush=True)
+            print(f"{name:40s} {timeit(fn, args.runs) * 1000:8.2f}", flush=True)
 
 
 def main(argv=None) -> int:

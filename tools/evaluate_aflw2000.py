@@ -40,10 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from realtime_prn import evaluation as ev  # noqa: E402
+from realtime_prn.api import Options  # noqa: E402
 from realtime_prn.paths import DataNotFoundError, data_root  # noqa: E402
 
 CROPS = {"gt": ("gt",), "detector": ("detector",), "both": ("gt", "detector")}
 CONFIGS = "3ddfa_test_configs"
+#: The library's refinement default; the run label names any other value.
+REFINE = Options().refine
 # per_image.csv's header: written here, read back by tools/compare_evals.py
 PER_IMAGE_COLUMNS = ("file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll",
                      "pitch_gt", "yaw_gt_mat", "roll_gt", "rotation_error")
@@ -121,6 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--flip", action="store_true",
                    help="test-time flip averaging (Options.flip): each crop and its mirror image, averaged")
+    p.add_argument("--refine", type=int, default=REFINE, metavar="N",
+                   help=f"detector crop: re-crop from the landmarks found and run again, N times "
+                        f"(Options.refine, default {REFINE}; 0 = the detector box's crop only)")
     args = p.parse_args(argv)
     if args.engine not in ENGINES:
         p.error(f"unknown engine {args.engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -134,6 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--batch must be at least 1 (got {args.batch})")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1 (got {args.threads})")
+    if args.refine < 0:
+        p.error(f"--refine must be 0 or more (got {args.refine})")
     return args
 
 
@@ -148,11 +156,13 @@ def weights_label(weights: str | None) -> str:
 
 
 def run_label(args: argparse.Namespace) -> str:
-    """``<engine>-<weights>-<precision>``, plus ``-flip`` / ``-reannotated`` / ``-limitN`` when used, so
-    a quick, flipped or re-annotated run never overwrites the full run's default folder."""
+    """``<engine>-<weights>-<precision>``, plus ``-flip`` / ``-refineN`` / ``-reannotated`` / ``-limitN``
+    when not the default, so a quick, flipped or re-annotated run never overwrites the full run's folder."""
     label = f"{args.engine}-{weights_label(args.weights)}-{args.precision}"
     if args.flip:
         label += "-flip"
+    if args.refine != REFINE and args.crop != "gt":
+        label += f"-refine{args.refine}"
     if args.landmarks == "reannotated":
         label += "-reannotated"
     if args.limit is not None:
@@ -172,7 +182,7 @@ def reproduce_command(args: argparse.Namespace, out: Path) -> str:
              "--engine", args.engine, "--weights", args.weights or "mb05uv",
              "--precision", args.precision, "--crop", args.crop]
     if args.crop != "gt":
-        parts += ["--detector", args.detector]
+        parts += ["--detector", args.detector, "--refine", str(args.refine)]
     parts += ["--landmarks", args.landmarks]
     if args.limit is not None:
         parts += ["--limit", str(args.limit)]
@@ -525,12 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = find_data(args.data)
         ds = load_dataset(folder, args.limit, args.landmarks)
-        from realtime_prn import FaceReconstructor, Options
+        from realtime_prn import FaceReconstructor
 
         per_call = (2 if args.flip else 1) * args.batch  # flip averaging sends each crop twice
         rec = FaceReconstructor(Options(engine=args.engine, weights=args.weights, precision=args.precision,
                                         detector=args.detector, threads=args.threads,
-                                        max_batch=max(16, per_call), flip=args.flip))
+                                        max_batch=max(16, per_call), flip=args.flip,
+                                        refine=args.refine))
         if args.crop != "gt":
             _ = rec.detector  # fail now, not after the GT pass
     except (UserError, *user_errors()) as exc:
@@ -555,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                    "crop": args.crop, "detector": args.detector if args.crop != "gt" else None,
                    "landmarks": args.landmarks, "limit": args.limit, "batch": args.batch,
                    "threads": args.threads, "flip": args.flip, "landmark_scale": rec.options.landmark_scale,
-                   "box_scale": rec.options.box_scale},
+                   "box_scale": rec.options.box_scale, "refine": args.refine},
         "model": _model_info(engine),
         "data": {"folder": str(ds.root), "n_images": len(ds.files),
                  "pose_fsanet_kept": int(ev.fsanet_mask(ds.pose).sum()),
