@@ -303,6 +303,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flip", type=float, default=0.0, metavar="PROB",
                    help="uvreg: mirror this share of training samples (the label mirrored in parameter "
                         "space, exact to ~0.25 %% of the face size; default 0 = none, as v1-v8)")
+    p.add_argument("--teacher-flip", action="store_true",
+                   help="uvreg: label every face (training and validation) with the mean of the teacher's "
+                        "label and the mirrored-back label of its mirror image (labels the mirror images "
+                        "once, ~2 min, cached)")
     p.add_argument("--synth", type=int, default=0,
                    help="uvreg: add this many synthesised large-pose faces to the training set")
     p.add_argument("--val-synth", type=int, default=0,
@@ -431,11 +435,17 @@ def _main(args: argparse.Namespace) -> int:
     labels, lpath, secs = build_labels(args.limit, args.data)
     print(f"labels {lpath} ({len(labels)} images{f', labelled in {secs:.0f} s' if secs else ', cached'})")
     cfg = AugmentConfig(yaw_prob=args.yaw_prob, flip_prob=args.flip)
+    mirrored = None
+    if args.teacher_flip:
+        if args.model != "uvreg":
+            raise ValueError("--teacher-flip is for --model uvreg")
+        mirrored, mpath, secs = build_labels(args.limit, args.data, mirrored=True)
+        print(f"mirrored labels {mpath}{f', labelled in {secs:.0f} s' if secs else ', cached'}")
     if args.model == "uvreg":
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),
                                                args.synth_method, args.recrop, args.synth_pitch,
-                                               args.backgrounds, args.data_seed)
+                                               args.backgrounds, args.data_seed, mirrored)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)

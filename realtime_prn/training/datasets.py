@@ -96,14 +96,15 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 # The keys of make_uvreg_datasets' info that say what the training samples were (not the split or
 # the validation set): a release records them, so its weights can be traced to their data.
 UVREG_DATA_KEYS = ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch", "backgrounds",
-                   "data_seed", "flip_prob")
+                   "data_seed", "flip_prob", "teacher_flip")
 
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
                         data_root: str | None = None, synth: int = 0, val_synth: int = 0,
                         synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
                         recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False,
-                        data_seed: int | None = None) -> tuple[object, object, dict]:
+                        data_seed: int | None = None, mirrored: object | None = None
+                        ) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups);
@@ -114,7 +115,9 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     :class:`uvreg_data.LabelMirror`. ``data_seed`` (default ``seed``) draws the training set's
     random content (donors, turned faces, augmentation): a fine-tune of a release gives it a new
     value to see faces turned and filled afresh, while ``seed`` keeps the split and the validation
-    set, so scores stay comparable."""
+    set, so scores stay comparable. ``mirrored``: the teacher's LabelSet of the mirrored images
+    (``labels.build_labels(mirrored=True)``); every label, training and validation, is then the
+    flip average of the two (:func:`uvreg_data.flip_averaged`)."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
@@ -126,16 +129,23 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                 data_seed=seed if data_seed is None else data_seed)
     dec = PosmapDecoder()
     mirror = None
-    if cfg.flip_prob:
+    if cfg.flip_prob or mirrored is not None:
         from realtime_prn.assets import load_assets
 
-        info["flip_prob"] = cfg.flip_prob  # recorded only when used: older checkpoints' configs compare
         mirror = LabelMirror(dec, load_assets(data_root).face_mask)
+    if cfg.flip_prob:
+        info["flip_prob"] = cfg.flip_prob  # recorded only when used: older checkpoints' configs compare
+    if mirrored is not None:
+        if len(mirrored) != len(labels) or not np.array_equal(mirrored.files, labels.files):
+            raise ValueError("the mirrored label set is not of the same images as the labels")
+        info["teacher_flip"] = True
+        info["teacher_flip_ok"] = int((mirrored.ok & labels.ok).sum())
     cv2.setNumThreads(2)
 
     def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int) -> object:
+        second = None if mirrored is None else (mirrored.params[rows], mirrored.roi[rows], mirrored.ok[rows])
         cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
-                               dec, backgrounds=backgrounds, seed=s)
+                               dec, backgrounds=backgrounds, seed=s, mirrored=second, mirror=mirror)
         turned = np.zeros(len(q), bool)
         if n_turned:
             c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],

@@ -75,10 +75,13 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def labels_key(limit: int | None, data_root: str | os.PathLike | None = None) -> str:
-    """Hash of everything a label set depends on: manifest, teacher weights/stats, recipe, limit."""
+def labels_key(limit: int | None, data_root: str | os.PathLike | None = None, mirrored: bool = False) -> str:
+    """Hash of everything a label set depends on: manifest, teacher weights/stats, recipe, limit
+    (and, for the mirrored set, that its images are mirrored)."""
     h = hashlib.sha256(LABEL_VERSION.encode())
     h.update(f"limit={limit};pad={PAD_FRACTION};tight={TIGHT_MAX_SIDE};passes={N_PASSES}".encode())
+    if mirrored:  # only then, so the unmirrored set keeps its cached name
+        h.update(b";mirrored")
     for parts in (
         ("train", "faces", "manifest.csv"),
         ("train", "tddfa_v2", "mb05_120x120.npz"),
@@ -88,12 +91,13 @@ def labels_key(limit: int | None, data_root: str | os.PathLike | None = None) ->
     return h.hexdigest()
 
 
-def labels_path(limit: int | None, data_root: str | os.PathLike | None = None) -> Path:
+def labels_path(limit: int | None, data_root: str | os.PathLike | None = None,
+                mirrored: bool = False) -> Path:
     """Where the cached label set for these inputs lives (git-ignored engines/train/)."""
     folder = engines_dir() / "train"
     folder.mkdir(parents=True, exist_ok=True)
-    tag = "all" if limit is None else f"limit{limit}"
-    return folder / f"labels-{tag}-{labels_key(limit, data_root)[:12]}.npz"
+    tag = ("all" if limit is None else f"limit{limit}") + ("-mirrored" if mirrored else "")
+    return folder / f"labels-{tag}-{labels_key(limit, data_root, mirrored)[:12]}.npz"
 
 
 @dataclass
@@ -208,8 +212,12 @@ def label_images(
     detector: object,
     chunk: int = 256,
     progress: bool = True,
+    mirrored: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Detect + 3 teacher passes for every image; chunked so only ``chunk`` images sit in memory."""
+    """Detect + 3 teacher passes for every image; chunked so only ``chunk`` images sit in memory.
+
+    ``mirrored``: label each image's left-right mirror instead (``cv2.flip``; every box, ROI and
+    landmark is then in the mirror image's pixels), the second opinion of :func:`flip_averaged`."""
     import cv2
     from tqdm import tqdm
 
@@ -231,6 +239,8 @@ def label_images(
             img = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
             if img is None:
                 continue
+            if mirrored:
+                img = cv2.flip(img, 1)
             box, score, src = detect_face(detector, img)
             res["box"][i], res["score"][i], res["source"][i] = box, score, src
             imgs.append(img)
@@ -276,13 +286,15 @@ def build_labels(
     *,
     rebuild: bool = False,
     progress: bool = True,
+    mirrored: bool = False,
 ) -> tuple[LabelSet, Path, float]:
-    """The cached labels for the corpus (first ``limit`` manifest rows), labelling when stale.
+    """The cached labels for the corpus (first ``limit`` manifest rows), labelling when stale;
+    ``mirrored``: of the mirrored images (:func:`label_images`).
 
     Returns (labels, cache path, seconds spent labelling; 0 when the cache was used).
     """
-    path = labels_path(limit, data_root)
-    key = labels_key(limit, data_root)
+    path = labels_path(limit, data_root, mirrored)
+    key = labels_key(limit, data_root, mirrored)
     if path.exists() and not rebuild:
         ls = load_labels(path)
         if ls.key == key:
@@ -294,7 +306,8 @@ def build_labels(
     t0 = time.perf_counter()
     teacher = Teacher(data_root)
     detector = create_detector("blazeface")
-    res = label_images([root / r["file"] for r in rows], teacher, detector, progress=progress)
+    res = label_images([root / r["file"] for r in rows], teacher, detector, progress=progress,
+                       mirrored=mirrored)
     seconds = time.perf_counter() - t0
     files = np.array([r["file"] for r in rows])
     groups = np.array([r["group"] for r in rows])
