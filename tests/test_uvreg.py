@@ -411,6 +411,38 @@ def test_init_fine_tunes_from_the_release(tmp_path, train_tool, release_onnx_val
     assert hist["val"][0]["val_nme68"] == pytest.approx(ref["val_nme68"], abs=2e-3)
 
 
+def test_teacher_flip_run_labels_the_mirror_images_and_averages(tmp_path, train_tool, release_onnx_val):
+    """--teacher-flip end to end on 40 corpus faces: the mirror images are labelled (cached beside
+    the plain labels), every face's label becomes the flip average, the run records it, and the
+    release's step-0 score moves a little (the labels move ~1 px) but stays the release's level."""
+    import json
+
+    from realtime_prn.training.labels import build_labels
+    from realtime_prn.weights import release_file
+
+    split, ref = release_onnx_val
+    assert train_tool.main(split + ["--out", str(tmp_path), "--init", str(release_file()), "--teacher-flip",
+                                    "--steps", "0", "--bn-batches", "0"]) == 0
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["config"]["teacher_flip"] is True and hist["config"]["teacher_flip_ok"] == 40
+    got = hist["val"][0]["val_nme68"]
+    assert got != pytest.approx(ref["val_nme68"], abs=1e-3) and abs(got - ref["val_nme68"]) < 1.0, (got, ref)
+    plain, _, _ = build_labels(40, progress=False)
+    mirrored, path, secs = build_labels(40, progress=False, mirrored=True)
+    assert secs == 0.0 and "mirrored" in path.name and path != build_labels(40, progress=False)[1]
+    assert np.array_equal(plain.files, mirrored.files)
+    # the mirror image's box is the mirror of the image's (same detector, mirrored pixels)
+    import cv2
+
+    from realtime_prn.training.labels import corpus_dir
+
+    w = np.array([cv2.imread(str(corpus_dir() / f)).shape[1] for f in plain.files])
+    centre = (plain.box[:, 0] + plain.box[:, 2]) / 2
+    centre_m = (mirrored.box[:, 0] + mirrored.box[:, 2]) / 2
+    width = np.median(plain.box[:, 2] - plain.box[:, 0])
+    assert np.median(np.abs(centre - (w - 1 - centre_m))) < 0.05 * width
+
+
 def test_deepened_backbone_computes_what_the_old_one_does():
     """``deepen_backbone``: every old layer keeps its weights and each added block adds exactly 0,
     in inference and in training mode (BatchNorm on batch statistics), so a deepened fine-tune
@@ -599,6 +631,61 @@ def test_flip_augmentation_mirrors_image_and_label_together(decoder, labelled, a
         np.testing.assert_allclose(q1, mirror(q0).astype(np.float32), rtol=1e-5, atol=1e-3)
     with pytest.raises(ValueError, match="LabelMirror"):
         UVRegData(cache, qc, decoder, flipped.cfg, 0).sample(0, np.random.default_rng(0), flipped.cfg)
+
+
+def _teacher_params(decoder, crop_q, crop_m, roi, bias_x=0.0):
+    """Teacher params (for ``roi``) whose label in the crop ``crop_m`` is ``crop_q``, with the
+    teacher's output moved ``bias_x`` image pixels right: image_affine inverted."""
+    from realtime_prn.network.mb05 import INPUT_SIZE
+    from realtime_prn.training.labels import move_camera
+
+    g = move_camera(np.asarray(crop_q[:12], np.float64).reshape(3, 4), np.linalg.inv(crop_m))
+    g[0, 3] += bias_x
+    x0, y0, x1, y1 = (float(v) for v in roi)
+    sx, sy = (x1 - x0) / INPUT_SIZE, (y1 - y0) / INPUT_SIZE
+    s = (sx + sy) / 2
+    g[:, 3] -= np.array([-sx + x0, INPUT_SIZE * sy + y0, -s])
+    cam = np.diag([1 / sx, -1 / sy, 1 / s]) @ g
+    return np.concatenate([cam.reshape(12), crop_q[12:]])
+
+
+def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, mirror):
+    """If the teacher's labels of an image and of its mirror image are each the truth moved the
+    same few pixels right in their own image, ``flip_averaged`` gives the truth back: the two biases
+    meet mirrored and cancel (the corpus' teacher is 1.29 px apart from itself in the 256 crop,
+    uvreg_data.flip_averaged). Exact up to the mirror map's own residual: the average is half of
+    what mirroring twice leaves (measured 0.11-0.16 px here), whatever the bias; an image mirror
+    about ``width`` instead of ``width - 1`` (a half-pixel convention slip) is off by 0.64-0.75 px."""
+    from realtime_prn.training.uvreg_data import flip_averaged
+
+    q, roi, lms = labelled
+    width = 400
+    f_img = np.array([[-1.0, 0, width - 1], [0, 1, 0], [0, 0, 1]])
+    f_crop = np.array([[-1.0, 0, 255], [0, 1, 0], [0, 0, 1]])
+    kpt = assets.kpt_flat
+
+    def points(q62):
+        return decoder.posmap_from_crop_params(q62).reshape(-1, 3)[kpt, :2]
+
+    for i in range(len(q)):
+        m = region_from_landmarks(lms[i]).matrix()
+        truth = decoder.crop_params(q[i], roi[i], m)
+        m_mirror = f_crop @ m @ f_img
+        own = _teacher_params(decoder, truth, m, roi[i], bias_x=3.0)
+        of_mirror = _teacher_params(decoder, mirror(truth), m_mirror, roi[i], bias_x=3.0)
+        np.testing.assert_allclose(decoder.crop_params(_teacher_params(decoder, truth, m, roi[i]), roi[i], m),
+                                   truth, rtol=1e-9, atol=1e-6)  # the helper inverts crop_params
+        shift = (points(decoder.crop_params(own, roi[i], m)) - points(truth)).mean(axis=0)
+        assert shift[0] > 2.0 and abs(shift[1]) < 1e-6, shift  # the bias, in crop pixels
+        avg = flip_averaged(decoder, mirror, own, roi[i], of_mirror, roi[i], width, m)
+        unbiased = flip_averaged(decoder, mirror, _teacher_params(decoder, truth, m, roi[i]), roi[i],
+                                 _teacher_params(decoder, mirror(truth), m_mirror, roi[i]), roi[i], width, m)
+        np.testing.assert_allclose(points(avg), points(unbiased), atol=1e-3)  # the bias is gone
+        twice = np.linalg.norm(points(mirror(mirror(truth))) - points(truth), axis=1).mean()
+        err = np.linalg.norm(points(avg) - points(truth), axis=1).mean()
+        assert err <= 0.5 * twice + 1e-3 and err < 0.2, (err, twice)
+        slip = flip_averaged(decoder, mirror, own, roi[i], of_mirror, roi[i], width + 1, m)
+        assert np.linalg.norm(points(slip) - points(truth), axis=1).mean() > err + 0.3
 
 
 @pytest.mark.parametrize("extra, says", [
