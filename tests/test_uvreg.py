@@ -332,7 +332,9 @@ def test_released_weights_agree_with_the_teacher_on_photos(released, eval_dir):
     """On the real photos of eval/images (never trained on), uvreg's landmarks sit within a few
     percent of the teacher-based mb05uv's on most faces BlazeFace finds.
 
-    Measured over 16 faces (uvreg-v12): median 1.8 %, 15 under 10 %, worst two 7.7 and 16.6 % (v10: 1.8 %,
+    Measured over 16 faces (uvreg-v12, both refined, the default since refinement came): median 1.9 %,
+    16 under 10 %, worst two 5.4 and 8.3 %. From the box crops (``refine=0``, as every figure
+    below): uvreg-v12 median 1.8 %, 15 under 10 %, worst two 7.7 and 16.6 % (v10: 1.8 %,
     15, worst 8.8 and 18.1 %; v9: 2.1 %,
     14, worst 11.0 and 20.1 %; v8:
     2.2 %, 14; v7: 2.3 %, 14; v6: 2.2 %, 14; v5: 2.2 %, 14; v4: 3.1 %, 14; v3: 3.5 %, 14; v2:
