@@ -1,9 +1,19 @@
 """The errors a user can cause, so CLIs print one line for them and a traceback for bugs."""
 from __future__ import annotations
 
+import argparse
+
 from .image import ImageError
 from .paths import DataNotFoundError
 from .weights import WeightsError
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one ``error:`` line on stderr and exit 2 (no usage dump),
+    like every other user error of the CLIs and tools."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message}\n")
 
 
 class VideoError(RuntimeError):

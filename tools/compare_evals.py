@@ -23,8 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluate_aflw2000 import PER_IMAGE_COLUMNS, UserError, _Parser  # noqa: E402  (this folder)
+from evaluate_aflw2000 import PER_IMAGE_COLUMNS, UserError  # noqa: E402  (this folder)
 
+from realtime_prn.errors import OneLineArgumentParser  # noqa: E402
 from realtime_prn.evaluation import fsanet_mask, paired_bootstrap  # noqa: E402
 
 # column, label, scale to the printed unit, statistics shown
@@ -93,8 +94,8 @@ def compare(a: dict, b: dict, crops: list[str], resamples: int, level: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(description=__doc__.split("\n\n")[0],
-                epilog="A and B are evaluate_aflw2000.py --out folders (or their per_image.csv).")
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                              epilog="A and B: evaluate_aflw2000.py --out folders (or their per_image.csv).")
     p.add_argument("a", type=Path, help="the reference (e.g. the current release)")
     p.add_argument("b", type=Path, help="the candidate")
     p.add_argument("--crop", choices=("gt", "detector", "both"), default="both",

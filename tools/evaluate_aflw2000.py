@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from realtime_prn import evaluation as ev  # noqa: E402
 from realtime_prn.api import Options  # noqa: E402
+from realtime_prn.errors import OneLineArgumentParser  # noqa: E402
 from realtime_prn.paths import DataNotFoundError, data_root  # noqa: E402
 
 CROPS = {"gt": ("gt",), "detector": ("detector",), "both": ("gt", "detector")}
@@ -60,14 +61,6 @@ ANCHORS: list[dict] = [
     {"name": "SynergyNet (paper)", "bin_mean": 3.41},
     {"name": "3DDFA_V2 mb05, measured here (teacher)", "all": 3.384, "bin_mean": 3.808},
 ]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one ``error:`` line (no usage dump)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
 
 
 class UserError(Exception):
@@ -105,7 +98,8 @@ class Run:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from realtime_prn.engines import ENGINES
 
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", default="onnxruntime", help=f"one of {', '.join(ENGINES)}")
     p.add_argument("--weights", default=None,
                    help="uvreg | mb05uv | a PRN checkpoint prefix | .npz | .onnx (default: the package's)")

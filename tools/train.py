@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from realtime_prn.crop import RES  # noqa: E402
+from realtime_prn.errors import OneLineArgumentParser  # noqa: E402
 from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig  # noqa: E402
 from realtime_prn.training.datasets import (  # noqa: E402
     UVREG_DATA_KEYS,
@@ -72,16 +73,6 @@ from realtime_prn.training.trainer import (  # noqa: E402
     write_curves,
 )
 from realtime_prn.training.uvreg_data import SYNTH_DEG, SYNTH_METHODS  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one ``error:`` line."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message}\n")
-
-
-
 
 
 @contextlib.contextmanager
@@ -269,7 +260,8 @@ def validate_onnx(args: argparse.Namespace, val: FaceData, a: object, w: np.ndar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="student", choices=("student", "resfcn256", "uvreg"))
     p.add_argument("--width", type=float, default=1.0, help="student channel multiplier")
     p.add_argument("--out", default=None, help="run folder (default engines/train/<model>)")
