@@ -131,11 +131,10 @@ class FaceReconstructor:
             return [[] for _ in frames]
         owner = [f for f, rs in enumerate(regions) for _ in rs]
         pos, mats = self._crop_infer(frames, owner, flat)
-        # box crops only: a face given with 68 landmarks is cropped by the landmark rule already
-        boxed = [k for k, d in enumerate(d for ds in dets for d in ds)
-                 if d.landmarks is None or len(d.landmarks) != 68]
+        # box crops only (``region``): a face given with landmarks is cropped by the landmark rule already
+        boxed = [k for k, d in enumerate(d for ds in dets for d in ds) if d.landmarks is None]
         for _ in range(self.options.refine if boxed else 0):
-            pos, mats, flat = self._refine(frames, owner, boxed, pos, mats, flat)
+            self._refine(frames, owner, boxed, pos, mats, flat)
         out: list[list[Face]] = []
         k = 0
         for frame, ds in zip(frames, dets):
@@ -167,9 +166,9 @@ class FaceReconstructor:
         return pos, mats
 
     def _refine(self, frames: list[np.ndarray], owner: list[int], which: list[int], pos: np.ndarray,
-                mats: np.ndarray, regions: list[CropRegion]
-                ) -> tuple[np.ndarray, np.ndarray, list[CropRegion]]:
-        """One refinement pass over faces ``which``: landmark-rule crops from their current maps.
+                mats: np.ndarray, regions: list[CropRegion]) -> None:
+        """One refinement pass over faces ``which``: landmark-rule crops from their current maps,
+        written over their entries of ``pos``, ``mats`` and ``regions`` in place.
 
         Why: a detector box is a loose, jittery frame (BlazeFace's box rule misses PRN's training
         crop by up to a tenth of the face at large yaw); the landmarks of a first pass put the
@@ -179,14 +178,11 @@ class FaceReconstructor:
         lms = {k: pos[k].reshape(-1, 3)[kpt, :2] for k in which}
         redo = [k for k in which if np.isfinite(lms[k]).all()]
         if not redo:
-            return pos, mats, regions
+            return
         new = [region_from_landmarks(lms[k], self.options.landmark_scale) for k in redo]
-        p2, m2 = self._crop_infer(frames, [owner[k] for k in redo], new)
-        pos, mats, regions = np.array(pos), np.array(mats), list(regions)
-        pos[redo], mats[redo] = p2, m2
+        pos[redo], mats[redo] = self._crop_infer(frames, [owner[k] for k in redo], new)
         for k, r in zip(redo, new):
             regions[k] = r
-        return pos, mats, regions
 
     def reconstruct_batch(self, images) -> list[list[Face]]:
         """Several images, every face of every image in one engine batch."""

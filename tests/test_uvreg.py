@@ -693,6 +693,7 @@ def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, m
 @pytest.mark.parametrize("extra, says", [
     (["--model", "uvreg", "--flip", "1.5"], "--flip is a probability"),
     (["--model", "student", "--flip", "0.5"], "--flip needs --model uvreg"),
+    (["--model", "student", "--teacher-flip"], "--teacher-flip needs --model uvreg"),
     (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
 ])
 def test_bad_flip_is_one_usage_error(train_tool, capsys, extra, says):

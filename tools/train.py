@@ -348,6 +348,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--flip is a probability in [0, 1], not {args.flip:g}")
     if args.flip and args.model != "uvreg":
         p.error("--flip needs --model uvreg (its labels are mirrored in parameter space)")
+    if args.teacher_flip and args.model != "uvreg":
+        p.error("--teacher-flip needs --model uvreg (its labels are averaged in parameter space)")
     if args.warmup < 0:
         p.error(f"--warmup is a number of steps, 0 or more, not {args.warmup}")
     return args
@@ -429,8 +431,6 @@ def _main(args: argparse.Namespace) -> int:
     cfg = AugmentConfig(yaw_prob=args.yaw_prob, flip_prob=args.flip)
     mirrored = None
     if args.teacher_flip:
-        if args.model != "uvreg":
-            raise ValueError("--teacher-flip is for --model uvreg")
         mirrored, mpath, secs = build_labels(args.limit, args.data, mirrored=True)
         print(f"mirrored labels {mpath}{f', labelled in {secs:.0f} s' if secs else ', cached'}")
     if args.model == "uvreg":
