@@ -142,6 +142,53 @@ def test_augmentation_keeps_image_and_label_consistent(decoder, basis, assets):
         assert np.ptp(lm[:, 2]) == pytest.approx(k * np.ptp(ref[:, 2]), rel=1e-3)
 
 
+def test_degradations_blur_compress_or_add_noise_but_keep_geometry(eval_dir):
+    """Every kind of --degrade loses detail (or adds noise) on a real photo, yet moves nothing: on an
+    image whose colour encodes its pixel position, 16-px patch means still decode to their own
+    place (blur and resampling exactly), so the untouched label stays right. Off (probability 0)
+    it returns the crop and draws nothing, so runs without it keep their exact samples."""
+    import cv2
+
+    from realtime_prn.training.augment import DEGRADATIONS, AugmentConfig, apply_degradation, degrade
+    photo = cv2.imread(str(sorted((eval_dir / "images").glob("*.jpg"))[0]))
+    photo = cv2.cvtColor(cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    photo = photo.astype(np.float32) / 255
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    coded = np.stack([xx / 255, yy / 255, np.full_like(xx, 0.5)], -1)  # R = x, G = y
+
+    def detail(img):
+        return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+    for kind in DEGRADATIONS:
+        for seed in range(3):
+            out = apply_degradation(photo, kind, np.random.default_rng(seed))
+            assert out.shape == photo.shape and out.dtype == np.float32, kind
+            assert 0.0 <= out.min() and out.max() <= 1.0, kind
+            if kind in ("blur", "resample"):
+                assert detail(out) < 0.5 * detail(photo), kind
+            elif kind == "jpeg":
+                assert np.abs(out - photo).mean() > 0.003, kind
+            else:
+                assert 0.008 < float((out - photo)[(photo > 0.2) & (photo < 0.8)].std()) < 0.052
+            dec = apply_degradation(coded, kind, np.random.default_rng(seed))
+            inner = (slice(16, 240), slice(16, 240))
+            patch = dec[inner].reshape(14, 16, 14, 16, 3).mean(axis=(1, 3))
+            truth = coded[inner].reshape(14, 16, 14, 16, 3).mean(axis=(1, 3))
+            err = np.abs(patch[..., :2] - truth[..., :2]) * 255  # in pixels
+            if kind in ("blur", "resample"):  # exact on a linear field away from the border
+                assert err.max() < 0.1, kind
+            else:  # 8-bit JPEG colour quantisation / noise: scatter about the place, no shift
+                assert err.mean() < 1.2 and err.max() < 3.5, kind
+    rng = np.random.default_rng(7)
+    assert degrade(photo, rng, AugmentConfig()) is photo
+    assert rng.random() == np.random.default_rng(7).random()
+    drawn = [degrade(photo, np.random.default_rng(s), AugmentConfig(degrade_prob=0.5)) is photo
+             for s in range(200)]
+    assert 70 < sum(drawn) < 130
+    with pytest.raises(ValueError, match="unknown degradation"):
+        apply_degradation(photo, "fog", np.random.default_rng(0))
+
+
 def test_loss_weights_follow_paper_ratio(assets, basis):
     from realtime_prn.training import trainer as trainer_mod
     w = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)

@@ -635,6 +635,31 @@ def test_flip_augmentation_mirrors_image_and_label_together(decoder, labelled, a
         UVRegData(cache, qc, decoder, flipped.cfg, 0).sample(0, np.random.default_rng(0), flipped.cfg)
 
 
+def test_degraded_sample_keeps_its_label(decoder, labelled, eval_dir):
+    """A degraded training sample (--degrade) is the plain sample's crop, degraded, with the plain
+    sample's label exactly (the same augmentation draws before it)."""
+    import dataclasses
+
+    import cv2
+
+    from realtime_prn.training.augment import AugmentConfig
+    from realtime_prn.training.uvreg_data import UVRegData, build_cache
+
+    q, roi, _ = labelled
+    img = cv2.imread(str(eval_dir / "images" / "prnet_0.jpg"))
+    h, w = img.shape[:2]
+    lm = np.array([[w * 0.35, h * 0.3], [w * 0.65, h * 0.3], [w * 0.5, h * 0.7]])
+    cache, qc = build_cache(lm[None], lambda i: img, q[:1], roi[:1], decoder, progress=False)
+    plain = UVRegData(cache, qc, decoder, AugmentConfig(), 0)
+    degraded = UVRegData(cache, qc, decoder, dataclasses.replace(plain.cfg, degrade_prob=1.0), 0)
+    for seed in range(4):
+        c0, q0, m0 = plain.sample(0, np.random.default_rng(seed), plain.cfg)
+        c1, q1, m1 = degraded.sample(0, np.random.default_rng(seed), degraded.cfg)
+        np.testing.assert_array_equal(q1, q0)
+        np.testing.assert_array_equal(m1, m0)
+        assert np.abs(c1 - c0).mean() > 1e-3
+
+
 def _teacher_params(decoder, crop_q, crop_m, roi, bias_x=0.0):
     """Teacher params (for ``roi``) whose label in the crop ``crop_m`` is ``crop_q``, with the
     teacher's output moved ``bias_x`` image pixels right: image_affine inverted."""
@@ -694,6 +719,8 @@ def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, m
     (["--model", "uvreg", "--flip", "1.5"], "--flip is a probability"),
     (["--model", "student", "--flip", "0.5"], "--flip needs --model uvreg"),
     (["--model", "student", "--teacher-flip"], "--teacher-flip needs --model uvreg"),
+    (["--model", "uvreg", "--degrade", "-0.1"], "--degrade is a probability"),
+    (["--model", "student", "--degrade", "0.3"], "--degrade needs --model uvreg"),
     (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
 ])
 def test_bad_flip_is_one_usage_error(train_tool, capsys, extra, says):

@@ -295,6 +295,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flip", type=float, default=0.0, metavar="PROB",
                    help="uvreg: mirror this share of training samples (the label mirrored in parameter "
                         "space, exact to ~0.25 %% of the face size; default 0 = none, as v1-v8)")
+    p.add_argument("--degrade", type=float, default=0.0, metavar="PROB",
+                   help="uvreg: degrade this share of training samples as a webcam would (blur, "
+                        "down-sampling, JPEG or noise, one at random; default 0 = none, as v1-v14)")
     p.add_argument("--teacher-flip", action="store_true",
                    help="uvreg: label every face (training and validation) with the mean of the teacher's "
                         "label and the mirrored-back label of its mirror image (labels the mirror images "
@@ -348,6 +351,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--flip is a probability in [0, 1], not {args.flip:g}")
     if args.flip and args.model != "uvreg":
         p.error("--flip needs --model uvreg (its labels are mirrored in parameter space)")
+    if not 0 <= args.degrade <= 1:
+        p.error(f"--degrade is a probability in [0, 1], not {args.degrade:g}")
+    if args.degrade and args.model != "uvreg":
+        p.error("--degrade needs --model uvreg (the dense students' samples are built elsewhere)")
     if args.teacher_flip and args.model != "uvreg":
         p.error("--teacher-flip needs --model uvreg (its labels are averaged in parameter space)")
     if args.warmup < 0:
@@ -428,7 +435,7 @@ def _main(args: argparse.Namespace) -> int:
 
     labels, lpath, secs = build_labels(args.limit, args.data)
     print(f"labels {lpath} ({len(labels)} images{f', labelled in {secs:.0f} s' if secs else ', cached'})")
-    cfg = AugmentConfig(yaw_prob=args.yaw_prob, flip_prob=args.flip)
+    cfg = AugmentConfig(yaw_prob=args.yaw_prob, flip_prob=args.flip, degrade_prob=args.degrade)
     mirrored = None
     if args.teacher_flip:
         mirrored, mpath, secs = build_labels(args.limit, args.data, mirrored=True)

@@ -47,6 +47,7 @@ class AugmentConfig:
     yaw_prob: float = 0.0  # large-pose synthesis (see module docstring)
     yaw_max_deg: float = 40.0
     flip_prob: float = 0.0  # horizontal mirror (uvreg: label by uvreg_data.LabelMirror)
+    degrade_prob: float = 0.0  # camera degradation (see :func:`degrade`)
 
 
 NO_AUGMENT = AugmentConfig(rotation_deg=0.0, translation=0.0, scale_min=1.0, scale_max=1.0,
@@ -113,6 +114,43 @@ def occlude(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> n
         region = out[y0 : y0 + h, x0 : x0 + w]
         region[mask] = fill[mask]
     return out
+
+
+#: The kinds :func:`degrade` draws from, equally likely.
+DEGRADATIONS = ("blur", "resample", "jpeg", "noise")
+
+
+def degrade(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """One camera degradation of the 256 RGB [0,1] crop, with probability ``cfg.degrade_prob``.
+
+    Why: the corpus' faces are clean photos and video frames, a webcam's are defocused, low-light
+    noisy, compressed or small in the frame. One of: Gaussian blur (sigma 1-3 crop px, 0.5-1.5 at
+    the network's 128 view), down- and up-sampling by 2-4x (a face far from the camera), JPEG at
+    quality 10-50, Gaussian noise (sigma 0.01-0.05). Geometry is untouched, so the label stands.
+    Nothing is drawn when ``degrade_prob`` is 0, so runs without it keep their exact samples.
+    """
+    if not cfg.degrade_prob or rng.random() >= cfg.degrade_prob:
+        return crop
+    return apply_degradation(crop, DEGRADATIONS[int(rng.integers(0, len(DEGRADATIONS)))], rng)
+
+
+def apply_degradation(crop: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """The named degradation (one of :data:`DEGRADATIONS`) at a strength drawn from ``rng``."""
+    if kind == "blur":
+        return cv2.GaussianBlur(crop, (0, 0), float(rng.uniform(1.0, 3.0)))
+    if kind == "resample":
+        side = int(round(RES / rng.uniform(2.0, 4.0)))
+        small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (RES, RES), interpolation=cv2.INTER_LINEAR)
+    if kind == "jpeg":
+        bgr = cv2.cvtColor(np.clip(crop * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        _, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(10, 51))])
+        out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
+    if kind != "noise":
+        raise ValueError(f"unknown degradation {kind!r} (expected one of {', '.join(DEGRADATIONS)})")
+    noise = rng.normal(0.0, rng.uniform(0.01, 0.05), crop.shape).astype(np.float32)
+    return np.clip(crop + noise, 0.0, 1.0)
 
 
 def yaw_rotation(yaw_deg: float) -> np.ndarray:

@@ -96,7 +96,7 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 # The keys of make_uvreg_datasets' info that say what the training samples were (not the split or
 # the validation set): a release records them, so its weights can be traced to their data.
 UVREG_DATA_KEYS = ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch", "backgrounds",
-                   "data_seed", "flip_prob", "teacher_flip")
+                   "data_seed", "flip_prob", "teacher_flip", "degrade_prob")
 
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
@@ -112,7 +112,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     ``backgrounds``: fill the black padding of tight crops (:func:`uvreg_data.fill_padding`), donors
     from the same side of the split, before any face is turned (so turned faces keep the context).
     ``cfg.flip_prob``: mirror that share of training samples, labelled by
-    :class:`uvreg_data.LabelMirror`. ``data_seed`` (default ``seed``) draws the training set's
+    :class:`uvreg_data.LabelMirror`; ``cfg.degrade_prob``: degrade that share
+    (:func:`augment.degrade`). ``data_seed`` (default ``seed``) draws the training set's
     random content (donors, turned faces, augmentation): a fine-tune of a release gives it a new
     value to see faces turned and filled afresh, while ``seed`` keeps the split and the validation
     set, so scores stay comparable. ``mirrored``: the teacher's LabelSet of the mirrored images
@@ -135,6 +136,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
         mirror = LabelMirror(dec, load_assets(data_root).face_mask)
     if cfg.flip_prob:
         info["flip_prob"] = cfg.flip_prob  # recorded only when used: older checkpoints' configs compare
+    if cfg.degrade_prob:
+        info["degrade_prob"] = cfg.degrade_prob  # likewise
     if mirrored is not None:
         if len(mirrored) != len(labels) or not np.array_equal(mirrored.files, labels.files):
             raise ValueError("the mirrored label set is not of the same images as the labels")

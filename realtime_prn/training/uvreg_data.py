@@ -30,7 +30,14 @@ import numpy as np
 
 from realtime_prn.crop import RES, region_from_landmarks
 from realtime_prn.network.uvreg import INPUT, N_PARAMS
-from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig, colour_scale, occlude, random_crop_matrix
+from realtime_prn.training.augment import (
+    NO_AUGMENT,
+    AugmentConfig,
+    colour_scale,
+    degrade,
+    occlude,
+    random_crop_matrix,
+)
 from realtime_prn.training.labels import move_camera
 
 CACHE_RES = 320
@@ -296,7 +303,7 @@ class UVRegData:
         crop = cv2.warpAffine(self.cache[row], m[:2], (RES, RES), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
-        crop = occlude(colour_scale(crop, rng, cfg), rng, cfg)
+        crop = degrade(occlude(colour_scale(crop, rng, cfg), rng, cfg), rng, cfg)
         q = move_params(self.q_cache[row], m)
         # drawn last and only when asked for, so runs without flips keep their exact samples
         if cfg.flip_prob and rng.random() < cfg.flip_prob:
