@@ -259,6 +259,50 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     assert entry["file"] == "uvreg-v2.npz"
 
 
+def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
+    """--export --soup: the release holds the mean of the runs' weights (fp16 of it), the manifest
+    each run's own record; runs of different output scales cannot be averaged (one error line)."""
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import build_backbone, load_weights
+    from realtime_prn.training import trainer as trainer_mod
+
+    stages = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
+    rng = np.random.default_rng(0)
+    backbones = []
+    for i, name in enumerate(("a", "b", "c")):
+        bb = build_backbone(0.25, stages)
+        for v in bb.weights:
+            v.assign(rng.standard_normal(v.shape).astype(np.float32))
+        tr = trainer_mod.Trainer(bb, np.ones((256, 256), np.float32), None, None, None, None,
+                                 log=lambda s: None)
+        tr.state.step = 10 + i
+        tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0 + (name == "c")] * 62,
+                           "stages": [list(x) for x in stages], "data_seed": i}
+        tr.state.history = [{"step": 10 + i, "val_nme68": 2.0 + i, "val_score": 2.5 + i}]
+        (tmp_path / name).mkdir()
+        tr.save(tmp_path / name / "best.npz")
+        backbones.append(bb)
+    release = tmp_path / "rel" / "uvreg-soup.npz"
+    common = ["--model", "uvreg", "--export", "--out", str(tmp_path / "a"), "--release", str(release)]
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    loaded, _, _, meta = load_weights(release)
+    for a, b, got in zip(backbones[0].weights, backbones[1].weights, loaded.weights):
+        mean = (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2
+        np.testing.assert_array_equal(np.asarray(got), mean.astype(np.float32).astype(np.float16))
+    entry = json.loads((tmp_path / "rel" / "manifest.json").read_text())["uvreg"]
+    assert [(r["run"], r["step"], r["val_score"], r["synth"]) for r in entry["soup"]] == [
+        ("a", 10, 2.5, {"data_seed": 0}), ("b", 11, 3.5, {"data_seed": 1})]
+    assert "step" not in entry and meta["soup"] == entry["soup"]
+    capsys.readouterr()
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot average" in err[0] and "p std differ" in err[0], err
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "missing")]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
 def test_release_file_matches_manifest_and_resolves():
     from realtime_prn.weights import MODELS_DIR, release_file, resolve_weights
 
@@ -720,6 +764,8 @@ def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, m
     (["--model", "student", "--flip", "0.5"], "--flip needs --model uvreg"),
     (["--model", "student", "--teacher-flip"], "--teacher-flip needs --model uvreg"),
     (["--model", "uvreg", "--degrade", "-0.1"], "--degrade is a probability"),
+    (["--model", "uvreg", "--soup", "a", "b"], "--soup averages uvreg runs into a release"),
+    (["--model", "uvreg", "--export", "--soup", "a"], "--soup needs two runs or more"),
     (["--model", "student", "--degrade", "0.3"], "--degrade needs --model uvreg"),
     (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
 ])
