@@ -52,6 +52,9 @@ REFINE = Options().refine
 PER_IMAGE_COLUMNS = ("file", "crop", "yaw_gt", "nme2d", "nme3d", "pitch", "yaw", "roll",
                      "pitch_gt", "yaw_gt_mat", "roll_gt", "rotation_error")
 N_AFLW = 2000
+#: ``--corrupt``: one fixed strength per kind, mid-range of training's ``--degrade`` (blur sigma in
+#: image px, down-sampling factor, JPEG quality, noise sigma of [0, 1] values).
+CORRUPTIONS = {"blur": 2.0, "resample": 3.0, "jpeg": 20, "noise": 0.03}
 
 # Published figures (2D NME %, bins [0,30] / (30,60] / (60,90], mean of bins; 3D NME %; pose MAE deg).
 ANCHORS: list[dict] = [
@@ -121,6 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--refine", type=int, default=REFINE, metavar="N",
                    help=f"detector crop: re-crop from the landmarks found and run again, N times "
                         f"(Options.refine, default {REFINE}; 0 = the detector box's crop only)")
+    p.add_argument("--corrupt", default=None, choices=tuple(CORRUPTIONS),
+                   help="degrade every image before it is cropped, to measure robustness: "
+                        + ", ".join(f"{k} {v:g}" for k, v in CORRUPTIONS.items())
+                        + " (blur sigma px, down-sampling factor, JPEG quality, noise sigma)")
     args = p.parse_args(argv)
     if args.engine not in ENGINES:
         p.error(f"unknown engine {args.engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -150,8 +157,9 @@ def weights_label(weights: str | None) -> str:
 
 
 def run_label(args: argparse.Namespace) -> str:
-    """``<engine>-<weights>-<precision>``, plus ``-flip`` / ``-refineN`` / ``-reannotated`` / ``-limitN``
-    when not the default, so a quick, flipped or re-annotated run never overwrites the full run's folder."""
+    """``<engine>-<weights>-<precision>``, plus ``-flip`` / ``-refineN`` / ``-reannotated`` /
+    ``-<corruption>`` / ``-limitN`` when not the default, so a quick, flipped, re-annotated or
+    corrupted run never overwrites the full run's folder."""
     label = f"{args.engine}-{weights_label(args.weights)}-{args.precision}"
     if args.flip:
         label += "-flip"
@@ -159,6 +167,8 @@ def run_label(args: argparse.Namespace) -> str:
         label += f"-refine{args.refine}"
     if args.landmarks == "reannotated":
         label += "-reannotated"
+    if args.corrupt:
+        label += f"-{args.corrupt}"
     if args.limit is not None:
         label += f"-limit{args.limit}"
     return label
@@ -186,6 +196,8 @@ def reproduce_command(args: argparse.Namespace, out: Path) -> str:
         parts += ["--threads", str(args.threads)]
     if args.flip:
         parts.append("--flip")
+    if args.corrupt:
+        parts += ["--corrupt", args.corrupt]
     if args.data:
         parts += ["--data", args.data]
     parts += ["--out", str(out)]
@@ -249,6 +261,21 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img", mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
 
 
+def load_frame(ds: Dataset, i: int, corrupt: str | None = None) -> np.ndarray:
+    """Image ``i`` (BGR uint8), degraded by ``corrupt`` (:data:`CORRUPTIONS`) if given; the noise
+    is seeded by the image's index, so runs compare on the same corrupted pixels."""
+    import cv2
+
+    frame = cv2.imread(str(ds.files[i]))
+    if corrupt is None:
+        return frame
+    from realtime_prn.training.augment import degradation
+
+    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
+    out = degradation(rgb, corrupt, CORRUPTIONS[corrupt], np.random.default_rng([i, 17]))
+    return cv2.cvtColor(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
 def warm_up(rec, ds: Dataset, detector: bool) -> None:
     """One untimed pass, so numba's cache load and the engine's first-call setup (about a second)
     do not land on the first image's time."""
@@ -261,10 +288,9 @@ def warm_up(rec, ds: Dataset, detector: bool) -> None:
         rec.reconstruct(frame)
 
 
-def run_gt(rec, ds: Dataset, batch: int) -> Run:
+def run_gt(rec, ds: Dataset, batch: int, corrupt: str | None = None) -> Run:
     """GT-landmark crops. Batch 1 goes through the public ``reconstruct``; larger batches put
     several images' crops through one engine call (the same crop / restore functions)."""
-    import cv2
 
     from realtime_prn.detectors.base import Detection
 
@@ -275,7 +301,7 @@ def run_gt(rec, ds: Dataset, batch: int) -> Run:
     bar = _progress(n, "gt crop")
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
-        frames = [cv2.imread(str(ds.files[i])) for i in idx]
+        frames = [load_frame(ds, i, corrupt) for i in idx]
         t0 = time.perf_counter()
         if batch == 1:
             faces = [rec.reconstruct(frames[0], landmarks=ds.gt[idx[0]][:, :2])[0]]
@@ -291,9 +317,8 @@ def run_gt(rec, ds: Dataset, batch: int) -> Run:
     return Run("gt", pred, angles, ms)
 
 
-def run_detector(rec, ds: Dataset, batch: int) -> Run:
+def run_detector(rec, ds: Dataset, batch: int, corrupt: str | None = None) -> Run:
     """Detector crops; per image the face whose box best overlaps the GT landmark box."""
-    import cv2
 
     n = len(ds.files)
     pred = np.full((n, 68, 3), np.nan)
@@ -304,7 +329,7 @@ def run_detector(rec, ds: Dataset, batch: int) -> Run:
     bar = _progress(n, "detector crop")
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
-        frames = [cv2.imread(str(ds.files[i])) for i in idx]
+        frames = [load_frame(ds, i, corrupt) for i in idx]
         t0 = time.perf_counter()
         found = [rec.reconstruct(frames[0])] if batch == 1 else rec.reconstruct_batch(frames)
         for k, faces in zip(idx, found):
@@ -550,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     warm_up(rec, ds, args.crop != "gt")
     for crop in CROPS[args.crop]:
-        runs.append(run_gt(rec, ds, args.batch) if crop == "gt" else run_detector(rec, ds, args.batch))
+        run = run_gt if crop == "gt" else run_detector
+        runs.append(run(rec, ds, args.batch, args.corrupt))
     results = {r.crop: score(ds, r) for r in runs}
     engine = rec.engine
     meta = {
@@ -560,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                    "crop": args.crop, "detector": args.detector if args.crop != "gt" else None,
                    "landmarks": args.landmarks, "limit": args.limit, "batch": args.batch,
                    "threads": args.threads, "flip": args.flip, "landmark_scale": rec.options.landmark_scale,
-                   "box_scale": rec.options.box_scale, "refine": args.refine},
+                   "box_scale": rec.options.box_scale, "refine": args.refine,
+                   "corrupt": ({"kind": args.corrupt, "strength": CORRUPTIONS[args.corrupt]}
+                               if args.corrupt else None)},
         "model": _model_info(engine),
         "data": {"folder": str(ds.root), "n_images": len(ds.files),
                  "pose_fsanet_kept": int(ev.fsanet_mask(ds.pose).sum()),

@@ -116,8 +116,10 @@ def occlude(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> n
     return out
 
 
-#: The kinds :func:`degrade` draws from, equally likely.
-DEGRADATIONS = ("blur", "resample", "jpeg", "noise")
+#: The kinds :func:`degrade` draws from (equally likely) and the range of each one's strength:
+#: blur sigma (px), down-sampling factor, JPEG quality, noise sigma (of [0, 1] values).
+DEGRADATION_RANGES = {"blur": (1.0, 3.0), "resample": (2.0, 4.0), "jpeg": (10, 50), "noise": (0.01, 0.05)}
+DEGRADATIONS = tuple(DEGRADATION_RANGES)
 
 
 def degrade(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -135,22 +137,36 @@ def degrade(crop: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> n
 
 
 def apply_degradation(crop: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """The named degradation (one of :data:`DEGRADATIONS`) at a strength drawn from ``rng``."""
+    """The named degradation (one of :data:`DEGRADATIONS`) at a strength drawn from its range."""
+    if kind not in DEGRADATION_RANGES:
+        raise ValueError(f"unknown degradation {kind!r} (expected one of {', '.join(DEGRADATIONS)})")
+    lo, hi = DEGRADATION_RANGES[kind]
+    amount = int(rng.integers(lo, hi + 1)) if kind == "jpeg" else float(rng.uniform(lo, hi))
+    return degradation(crop, kind, amount, rng)
+
+
+def degradation(image: np.ndarray, kind: str, amount: float, rng: np.random.Generator | None = None
+                ) -> np.ndarray:
+    """``image`` (RGB float [0, 1], any size) degraded by ``kind`` at strength ``amount`` (see
+    :data:`DEGRADATION_RANGES`); ``rng`` draws the noise. Also what ``evaluate_aflw2000.py --corrupt``
+    applies, at one fixed strength, to measure robustness."""
     if kind == "blur":
-        return cv2.GaussianBlur(crop, (0, 0), float(rng.uniform(1.0, 3.0)))
+        return cv2.GaussianBlur(image, (0, 0), float(amount))
     if kind == "resample":
-        side = int(round(RES / rng.uniform(2.0, 4.0)))
-        small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (RES, RES), interpolation=cv2.INTER_LINEAR)
+        h, w = image.shape[:2]
+        side = (int(round(w / amount)), int(round(h / amount)))
+        small = cv2.resize(image, side, interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     if kind == "jpeg":
-        bgr = cv2.cvtColor(np.clip(crop * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-        _, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(10, 51))])
+        bgr = cv2.cvtColor(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        _, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(amount)])
         out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
     if kind != "noise":
         raise ValueError(f"unknown degradation {kind!r} (expected one of {', '.join(DEGRADATIONS)})")
-    noise = rng.normal(0.0, rng.uniform(0.01, 0.05), crop.shape).astype(np.float32)
-    return np.clip(crop + noise, 0.0, 1.0)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    noise = rng.normal(0.0, amount, image.shape).astype(np.float32)
+    return np.clip(image + noise, 0.0, 1.0)
 
 
 def yaw_rotation(yaw_deg: float) -> np.ndarray:
