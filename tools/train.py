@@ -212,8 +212,8 @@ def _release_record(state: dict, checkpoint: str) -> dict:
             "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg}}
 
 
-def soup_weights(ckpts: list[Path]) -> tuple[dict, list[np.ndarray], list[dict]]:
-    """The uniform average of uvreg runs' weights: (first run's state, weights, every run's state).
+def soup_weights(ckpts: list[Path]) -> tuple[list[np.ndarray], list[dict]]:
+    """The uniform average of uvreg runs' weights: (weights, every run's state).
 
     Why: fine-tunes of one release (v13, v14 from v12) each land beside it in weight space, and their
     mean (a "model soup", Wortsman et al. 2022) averages away part of each run's own noise at no
@@ -229,7 +229,7 @@ def soup_weights(ckpts: list[Path]) -> tuple[dict, list[np.ndarray], list[dict]]
                                  "(only fine-tunes of one release share a network and output scale)")
     avg = [np.mean([np.asarray(w[i], np.float64) for w in weights], axis=0).astype(np.float32)
            for i in range(len(weights[0]))]
-    return states[0], avg, list(states)
+    return avg, list(states)
 
 
 def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
@@ -244,7 +244,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
 
     ckpts = ckpt if isinstance(ckpt, list) else [ckpt]
-    state, weights, states = soup_weights(ckpts)
+    weights, states = soup_weights(ckpts)
+    state = states[0]
     cfg = state["config"]
     stages = tuple(tuple(x) for x in cfg.get("stages", STAGES))
     backbone = build_backbone(cfg["width"], stages)
