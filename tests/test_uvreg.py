@@ -215,6 +215,47 @@ def test_validation_scores_real_and_turned_faces_apart(decoder, labelled, assets
     assert "val_nme68_turned" not in plain and plain["val_score"] == plain["val_nme68"]
 
 
+def test_source_bias_turns_already_turned_faces_more_often(decoder, labelled):
+    """``--synth-source-bias``: the faces to turn are drawn by ``1 + (|yaw| / bias)**2``, so a face
+    the camera already saw at ~50 deg becomes a synthetic profile far more often than a near-frontal
+    one; without it the draw is uniform. Each cache image is one flat grey, so every turned image
+    says which face it came from."""
+    from realtime_prn.training.augment import turned_camera
+    from realtime_prn.training.uvreg_data import (
+        build_cache,
+        camera_yaw,
+        source_weights,
+        synthesise_large_poses,
+    )
+
+    q, roi, lms = labelled
+    greys = (60, 120, 180)
+    imgs = [np.full((400, 400, 3), v, np.uint8) for v in greys]
+    cache, qc = build_cache(lms, lambda i: imgs[i], q, roi, decoder, progress=False)
+    base = qc[0]
+    g, centre = base[:12].reshape(3, 4), decoder.centroid(base)
+    y0 = camera_yaw(base)
+    frontal, turned = (np.r_[turned_camera(g, centre, t - y0).reshape(12), base[12:]] for t in (0.0, 45.0))
+    labels = np.stack([frontal, frontal, turned])
+    yaws = np.abs([camera_yaw(x) for x in labels])
+    assert yaws[0] < 10 and yaws[2] > yaws[0] + 30
+
+    w = source_weights(labels, 10.0)
+    expect = 1 + (yaws / 10.0) ** 2
+    np.testing.assert_allclose(w, expect / expect.sum())
+
+    def turned_share(bias: float) -> float:
+        out, _ = synthesise_large_poses(cache, labels, decoder, 40, seed=3, progress=False, min_deg=25,
+                                        max_deg=35, source_bias_deg=bias)
+        source = [greys[int(np.argmin([abs(int(o.max()) - v) for v in greys]))] for o in out]
+        return float(np.mean(np.array(source) == greys[2]))
+
+    assert turned_share(10.0) > 0.75  # expected ~0.9
+    assert turned_share(0.0) < 0.6  # expected ~1/3
+    with pytest.raises(ValueError, match="source bias"):
+        source_weights(labels, 0.0)
+
+
 # ------------------------------------------------------------------------- the release file
 
 
@@ -770,6 +811,8 @@ def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, m
     (["--model", "uvreg", "--export", "--soup", "a"], "--soup needs two runs or more"),
     (["--model", "student", "--degrade", "0.3"], "--degrade needs --model uvreg"),
     (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
+    (["--model", "uvreg", "--synth-source-bias", "15"], "--synth-source-bias needs --model uvreg"),
+    (["--model", "uvreg", "--synth", "10", "--synth-source-bias", "-1"], "must be >= 0 degrees"),
 ])
 def test_bad_flip_is_one_usage_error(train_tool, capsys, extra, says):
     with pytest.raises(SystemExit) as exc:

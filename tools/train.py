@@ -356,6 +356,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synth-pitch", type=float, default=0.0, metavar="DEG",
                    help="uvreg: also tilt each synthesised face up or down by up to this many degrees "
                         "(warp only; default 0 = turned about the vertical axis only)")
+    p.add_argument("--synth-source-bias", type=float, default=0.0, metavar="DEG",
+                   help="uvreg: draw the faces to turn with weight 1 + (|yaw|/DEG)^2, favouring faces "
+                        "already turned (less texture stretched into the profile; validation stays uniform); "
+                        "default 0 = uniform, as v1-v15")
     p.add_argument("--synth-method", default="warp", choices=SYNTH_METHODS,
                    help="uvreg: how faces are turned: warp = the whole image as one mesh (300W-LP style), "
                         "paste = the face alone over a blurred original (the v1/v2 bank)")
@@ -391,6 +395,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--synth-pitch must be in [0, 90) degrees, not {args.synth_pitch:g}")
     if args.synth_pitch and args.synth_method != "warp":
         p.error("--synth-pitch needs --synth-method warp (paste renders the face alone)")
+    if args.synth_source_bias < 0:
+        p.error(f"--synth-source-bias must be >= 0 degrees, not {args.synth_source_bias:g}")
+    if args.synth_source_bias and not (args.model == "uvreg" and args.synth):
+        p.error("--synth-source-bias needs --model uvreg and --synth N (it picks the faces to turn)")
     if not 0 <= args.flip <= 1:
         p.error(f"--flip is a probability in [0, 1], not {args.flip:g}")
     if args.flip and args.model != "uvreg":
@@ -492,7 +500,8 @@ def _main(args: argparse.Namespace) -> int:
         train, val, info = make_uvreg_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg,
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),
                                                args.synth_method, args.recrop, args.synth_pitch,
-                                               args.backgrounds, args.data_seed, mirrored)
+                                               args.backgrounds, args.data_seed, mirrored,
+                                               args.synth_source_bias)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)

@@ -96,15 +96,15 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 # The keys of make_uvreg_datasets' info that say what the training samples were (not the split or
 # the validation set): a release records them, so its weights can be traced to their data.
 UVREG_DATA_KEYS = ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch", "backgrounds",
-                   "data_seed", "flip_prob", "teacher_flip", "degrade_prob")
+                   "data_seed", "flip_prob", "teacher_flip", "degrade_prob", "synth_source_bias")
 
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
                         data_root: str | None = None, synth: int = 0, val_synth: int = 0,
                         synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
                         recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False,
-                        data_seed: int | None = None, mirrored: object | None = None
-                        ) -> tuple[object, object, dict]:
+                        data_seed: int | None = None, mirrored: object | None = None,
+                        synth_source_bias: float = 0.0) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups);
@@ -118,7 +118,9 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     value to see faces turned and filled afresh, while ``seed`` keeps the split and the validation
     set, so scores stay comparable. ``mirrored``: the teacher's LabelSet of the mirrored images
     (``labels.build_labels(mirrored=True)``); every label, training and validation, is then the
-    flip average of the two (:func:`uvreg_data.flip_averaged`)."""
+    flip average of the two (:func:`uvreg_data.flip_averaged`). ``synth_source_bias`` (degrees, 0 =
+    uniform): the training bank's turned faces favour already turned sources
+    (:func:`uvreg_data.source_weights`); the validation bank stays uniform, so scores compare."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
@@ -138,6 +140,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
         info["flip_prob"] = cfg.flip_prob  # recorded only when used: older checkpoints' configs compare
     if cfg.degrade_prob:
         info["degrade_prob"] = cfg.degrade_prob  # likewise
+    if synth_source_bias:
+        info["synth_source_bias"] = synth_source_bias  # likewise
     if mirrored is not None:
         if len(mirrored) != len(labels) or not np.array_equal(mirrored.files, labels.files):
             raise ValueError("the mirrored label set is not of the same images as the labels")
@@ -145,7 +149,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
         info["teacher_flip_ok"] = int((mirrored.ok & labels.ok).sum())
     cv2.setNumThreads(2)
 
-    def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int) -> object:
+    def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int,
+               bias: float = 0.0) -> object:
         second = None if mirrored is None else (mirrored.params[rows], mirrored.roi[rows], mirrored.ok[rows])
         cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
                                dec, backgrounds=backgrounds, seed=s, mirrored=second, mirror=mirror)
@@ -153,10 +158,11 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
         if n_turned:
             c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],
                                             max_deg=synth_deg[1], method=synth_method, recrop=recrop,
-                                            pitch_deg=synth_pitch)
+                                            pitch_deg=synth_pitch, source_bias_deg=bias)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
         return UVRegData(cache, q, dec, c, aug_seed, turned, mirror)
 
     ds = info["data_seed"]
-    return subset(tr, cfg, synth, ds, ds), subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info
+    train = subset(tr, cfg, synth, ds, ds, synth_source_bias)
+    return train, subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info
