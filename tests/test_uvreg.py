@@ -344,6 +344,61 @@ def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
+def test_soup_takes_a_release_as_weighted_member(tmp_path, train_tool, capsys):
+    """A soup release joins a new soup with its run count as weight: soup(a, b) then (that, c) with
+    weights 2 1 gives the three-run mean (up to its two fp16 roundings, exactly those); the manifest
+    nests the release's own runs; a file that is not a release is one error line."""
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import build_backbone, load_weights
+    from realtime_prn.training import trainer as trainer_mod
+
+    stages = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
+    rng = np.random.default_rng(1)
+    backbones = []
+    for i, name in enumerate(("a", "b", "c")):
+        bb = build_backbone(0.25, stages)
+        for v in bb.weights:
+            v.assign(rng.standard_normal(v.shape).astype(np.float32))
+        tr = trainer_mod.Trainer(bb, np.ones((256, 256), np.float32), None, None, None, None,
+                                 log=lambda s: None)
+        tr.state.step = 10 + i
+        tr.state.config = {"width": 0.25, "p_mean": [0.5] * 62, "p_std": [2.0] * 62,
+                           "stages": [list(x) for x in stages], "data_seed": i}
+        tr.state.history = [{"step": 10 + i, "val_nme68": 2.0 + i, "val_score": 2.5 + i}]
+        (tmp_path / name).mkdir()
+        tr.save(tmp_path / name / "best.npz")
+        backbones.append(bb)
+    first = tmp_path / "rel1" / "uvreg-soup-ab.npz"
+    base = ["--model", "uvreg", "--export", "--out", str(tmp_path / "a")]
+    assert train_tool.main(base + ["--release", str(first), "--soup", str(tmp_path / "a"),
+                                   str(tmp_path / "b")]) == 0
+    second = tmp_path / "rel2" / "uvreg-soup-abc.npz"
+    assert train_tool.main(base + ["--release", str(second), "--soup", str(first), str(tmp_path / "c"),
+                                   "--soup-weights", "2", "1"]) == 0
+    loaded, p_mean, p_std, meta = load_weights(second)
+    f64 = [[np.asarray(v, np.float64) for v in bb.weights] for bb in backbones]
+    for a, b, c, got in zip(*f64, loaded.weights):
+        first_soup = ((a + b) / 2).astype(np.float32).astype(np.float16).astype(np.float64)
+        np.testing.assert_array_equal(
+            np.asarray(got), ((2 * first_soup + c) / 3).astype(np.float32).astype(np.float16))
+        # and so within two fp16 roundings of the three runs' own mean
+        assert np.all(np.abs(np.asarray(got, np.float64) - (a + b + c) / 3)
+                      <= 2 ** -10 * (np.abs(first_soup) + np.abs(a + b + c) / 3) + 1e-7)
+    np.testing.assert_array_equal(p_mean, np.full(62, 0.5, np.float32))
+    np.testing.assert_array_equal(p_std, np.full(62, 2.0, np.float32))
+    outer = meta["soup"]
+    assert [r.get("release") or r.get("run") for r in outer] == ["uvreg-soup-ab.npz", "c"]
+    assert [r["weight"] for r in outer] == [2.0, 1.0]
+    assert [(r["run"], r["weight"]) for r in outer[0]["soup"]] == [("a", 1.0), ("b", 1.0)]
+    capsys.readouterr()
+    not_release = tmp_path / "x.npz"
+    np.savez(not_release, w0000=np.zeros(3))
+    assert train_tool.main(base + ["--release", str(second), "--soup", str(not_release),
+                                   str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a uvreg release file" in err[0], err
+
+
 def test_release_file_matches_manifest_and_resolves():
     from realtime_prn.weights import MODELS_DIR, release_file, resolve_weights
 
@@ -810,6 +865,9 @@ def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, m
     (["--model", "uvreg", "--degrade", "-0.1"], "--degrade is a probability"),
     (["--model", "uvreg", "--soup", "a", "b"], "--soup averages uvreg runs into a release"),
     (["--model", "uvreg", "--export", "--soup", "a"], "--soup needs two runs or more"),
+    (["--model", "uvreg", "--export", "--soup", "a", "b", "--soup-weights", "1"], "one weight per"),
+    (["--model", "uvreg", "--export", "--soup", "a", "b", "--soup-weights", "1", "0"], "all be positive"),
+    (["--model", "uvreg", "--export", "--soup-weights", "1", "2"], "--soup-weights needs --soup"),
     (["--model", "student", "--degrade", "0.3"], "--degrade needs --model uvreg"),
     (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
     (["--model", "uvreg", "--synth-source-bias", "15"], "--synth-source-bias needs --model uvreg"),

@@ -165,8 +165,7 @@ def export(args: argparse.Namespace, out: Path) -> int:
     if not ckpt.exists() and not args.soup:
         raise FileNotFoundError(f"no {args.checkpoint} checkpoint at {ckpt} (train with validation first)")
     if args.model == "uvreg":
-        soup = [Path(d) / f"{args.checkpoint}.npz" for d in args.soup or ()]
-        return export_uvreg(args, soup or ckpt)
+        return export_uvreg(args, [Path(m) for m in args.soup] if args.soup else ckpt)
     model = build_model(args.model, args.width)
     with np.load(ckpt) as z:
         keys = sorted(k for k in z.files if k.startswith("w"))
@@ -212,29 +211,70 @@ def _release_record(state: dict, checkpoint: str) -> dict:
             "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg}}
 
 
-def soup_weights(ckpts: list[Path]) -> tuple[list[np.ndarray], list[dict]]:
-    """The uniform average of uvreg runs' weights: (weights, every run's state).
+def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], dict]:
+    """(network config, weights, record) of one soup member: a run directory's checkpoint, or a
+    release file.
+
+    Why a release: an earlier soup stands for runs whose own checkpoints need not be kept (they live
+    in engines/train, never committed); given its run count as its weight it re-enters a larger soup
+    as its runs would, to within fp16 rounding.
+    """
+    from realtime_prn.network.uvreg import STAGES
+    from realtime_prn.paths import sha256_file
+
+    if path.suffix != ".npz":  # a run directory
+        state, weights = _uvreg_checkpoint(path / f"{checkpoint}.npz")
+        cfg = state["config"]
+        record = {"run": path.name, **_release_record(state, checkpoint)}
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"--soup: no release file at {path}")
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files or "p_mean" not in z.files:
+                raise ValueError(f"--soup: {path} is not a uvreg release file")
+            meta = json.loads(str(z["meta"]))
+            weights = [z[k].astype(np.float32) for k in sorted(k for k in z.files if k.startswith("w"))]
+            cfg = {**meta, "p_mean": z["p_mean"].tolist(), "p_std": z["p_std"].tolist()}
+        shared = ("model", "width", "stages", "labels", "trained_by")
+        record = {"release": path.name, "sha256": sha256_file(path),
+                  **{k: v for k, v in meta.items() if k not in shared}}
+    net = {"width": float(cfg["width"]), "stages": [list(x) for x in cfg.get("stages", STAGES)],
+           "p_mean": np.asarray(cfg["p_mean"], np.float32), "p_std": np.asarray(cfg["p_std"], np.float32)}
+    return net, weights, record
+
+
+def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[float] | None = None
+                 ) -> tuple[list[np.ndarray], dict, list[dict]]:
+    """The (weighted) average of uvreg runs' weights: (weights, network config, each member's record).
 
     Why: fine-tunes of one release (v13, v14 from v12) each land beside it in weight space, and their
     mean (a "model soup", Wortsman et al. 2022) averages away part of each run's own noise at no
     inference cost: on AFLW2000-3D it beat the release where none of its runs alone did. Only runs
     of one network with one output scale can be averaged; BatchNorm statistics are averaged too.
+    ``shares`` weight the members (default equal), so a release that is already the mean of N runs
+    can join with weight N.
     """
-    states, weights = zip(*(_uvreg_checkpoint(c) for c in ckpts))
-    ref = states[0]["config"]
-    for c, st in zip(ckpts[1:], states[1:]):
+    nets, weights, records = zip(*(_soup_member(m, checkpoint) for m in members))
+    shares = [1.0] * len(members) if shares is None else [float(x) for x in shares]
+    ref = nets[0]
+    for m, net, w in zip(members[1:], nets[1:], weights[1:]):
         for key in ("width", "stages", "p_mean", "p_std"):
-            if st["config"].get(key) != ref.get(key):
-                raise ValueError(f"cannot average {c} with {ckpts[0]}: their {key.replace('_', ' ')} differ "
+            if not np.array_equal(np.asarray(net[key]), np.asarray(ref[key])):
+                what = key.replace("_", " ")
+                raise ValueError(f"cannot average {m} with {members[0]}: their {what} differ "
                                  "(only fine-tunes of one release share a network and output scale)")
-    avg = [np.mean([np.asarray(w[i], np.float64) for w in weights], axis=0).astype(np.float32)
+        if [x.shape for x in w] != [x.shape for x in weights[0]]:
+            raise ValueError(f"cannot average {m} with {members[0]}: their weights' shapes differ")
+    total = sum(shares)
+    avg = [(sum(s * np.asarray(w[i], np.float64) for s, w in zip(shares, weights)) / total).astype(np.float32)
            for i in range(len(weights[0]))]
-    return avg, list(states)
+    records = [{**r, "weight": s} for r, s in zip(records, shares)]
+    return avg, ref, records
 
 
 def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
-    """best.npz (with ``--soup``, the average of several runs') -> the release file (fp16 backbone
-    + output statistics) and its manifest entry.
+    """best.npz (or, given a list of run directories and release files, their soup) -> the release
+    file (fp16 backbone + output statistics) and its manifest entry.
 
     Only the trained backbone is written: the decoder's UV basis is rebuilt from shared/ on each
     machine (``python -m realtime_prn setup``), so nothing derived from the BFM is committed.
@@ -243,12 +283,18 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     from realtime_prn.paths import sha256_file
     from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
 
-    ckpts = ckpt if isinstance(ckpt, list) else [ckpt]
-    weights, states = soup_weights(ckpts)
-    state = states[0]
-    cfg = state["config"]
-    stages = tuple(tuple(x) for x in cfg.get("stages", STAGES))
-    backbone = build_backbone(cfg["width"], stages)
+    if isinstance(ckpt, list):  # a soup: each member's own record (a soup has no validation of its own)
+        weights, net, records = soup_weights(ckpt, args.checkpoint, getattr(args, "soup_weights", None))
+        width, stages, p_mean, p_std = net["width"], net["stages"], net["p_mean"], net["p_std"]
+        record = {"soup": records}
+    else:
+        state, weights = _uvreg_checkpoint(ckpt)
+        cfg = state["config"]
+        width, stages = cfg["width"], cfg.get("stages", STAGES)
+        p_mean, p_std = np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"])
+        record = _release_record(state, args.checkpoint)
+    stages = tuple(tuple(x) for x in stages)
+    backbone = build_backbone(width, stages)
     for v, w in zip(backbone.weights, weights):
         v.assign(w)
     manifest_path = (Path(args.release).parent if args.release else MODELS_DIR) / "manifest.json"
@@ -257,15 +303,10 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     # default: replace the current release file (a new release gets a new name via --release)
     dest = Path(args.release) if args.release else MODELS_DIR / (previous or f"{UVREG_RELEASE}-v1.npz")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    common = {"model": "uvreg", "width": cfg["width"], "stages": [list(x) for x in stages],
-              "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
-              "trained_by": "tools/train.py --model uvreg"}
-    if len(ckpts) == 1:
-        meta = {**common, **_release_record(state, args.checkpoint)}
-    else:  # a soup: each run's own record (a soup has no validation of its own)
-        meta = {**common, "soup": [{"run": c.parent.name, **_release_record(st, args.checkpoint)}
-                                   for c, st in zip(ckpts, states)]}
-    save_weights(dest, backbone, np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"]), meta)
+    meta = {"model": "uvreg", "width": width, "stages": [list(x) for x in stages],
+            "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
+            "trained_by": "tools/train.py --model uvreg", **record}
+    save_weights(dest, backbone, p_mean, p_std, meta)
     manifest[UVREG_RELEASE] = {"file": dest.name, "sha256": sha256_file(dest),
                                "bytes": dest.stat().st_size, **meta}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
@@ -378,9 +419,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true",
                    help="export <out>/<--checkpoint>.npz (student/resfcn256: fp32/fp16 ONNX; "
                         "uvreg: the release file + manifest), exit")
-    p.add_argument("--soup", nargs="+", default=None, metavar="RUN_DIR",
-                   help="uvreg --export: write the uniform average of these runs' --checkpoint weights "
-                        "(fine-tunes of one release, e.g. engines/train/uvreg-v12 ...-v13 ...-v14)")
+    p.add_argument("--soup", nargs="+", default=None, metavar="RUN_DIR|RELEASE",
+                   help="uvreg --export: write the average of these runs' --checkpoint weights "
+                        "(fine-tunes of one release, e.g. engines/train/uvreg-v12 ...-v13 ...-v14); a "
+                        "release .npz (e.g. an earlier soup) joins as one member")
+    p.add_argument("--soup-weights", nargs="+", type=float, default=None, metavar="W",
+                   help="with --soup: one weight per member (default equal), e.g. 5 1 for a five-run "
+                        "soup release and one new run")
     p.add_argument("--manifest", default=None, help="manifest for --export (default <out>/manifest.json)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="which checkpoint --export writes (best = lowest validation score: NME68, or the "
@@ -413,6 +458,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--soup averages uvreg runs into a release: use it with --model uvreg --export")
     if args.soup and len(args.soup) < 2:
         p.error("--soup needs two runs or more")
+    if args.soup_weights is not None:
+        if not args.soup:
+            p.error("--soup-weights needs --soup")
+        if len(args.soup_weights) != len(args.soup):
+            p.error(f"--soup-weights needs one weight per --soup member: {len(args.soup)}, "
+                    f"not {len(args.soup_weights)}")
+        if min(args.soup_weights) <= 0:
+            p.error("--soup-weights must all be positive")
     if args.warmup < 0:
         p.error(f"--warmup is a number of steps, 0 or more, not {args.warmup}")
     return args
