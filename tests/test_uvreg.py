@@ -348,6 +348,8 @@ def test_soup_takes_a_release_as_weighted_member(tmp_path, train_tool, capsys):
     """A soup release joins a new soup with its run count as weight: soup(a, b) then (that, c) with
     weights 2 1 gives the three-run mean (up to its two fp16 roundings, exactly those); the manifest
     nests the release's own runs; a file that is not a release is one error line."""
+    import json
+
     pytest.importorskip("tensorflow")
     from realtime_prn.network.uvreg import build_backbone, load_weights
     from realtime_prn.training import trainer as trainer_mod
@@ -373,8 +375,11 @@ def test_soup_takes_a_release_as_weighted_member(tmp_path, train_tool, capsys):
     assert train_tool.main(base + ["--release", str(first), "--soup", str(tmp_path / "a"),
                                    str(tmp_path / "b")]) == 0
     second = tmp_path / "rel2" / "uvreg-soup-abc.npz"
+    cand = tmp_path / "cand.json"
     assert train_tool.main(base + ["--release", str(second), "--soup", str(first), str(tmp_path / "c"),
-                                   "--soup-weights", "2", "1"]) == 0
+                                   "--soup-weights", "2", "1", "--manifest", str(cand)]) == 0
+    assert not (second.parent / "manifest.json").exists()  # --manifest is where the entry goes
+    assert json.loads(cand.read_text())["uvreg"]["file"] == second.name
     loaded, p_mean, p_std, meta = load_weights(second)
     f64 = [[np.asarray(v, np.float64) for v in bb.weights] for bb in backbones]
     for a, b, c, got in zip(*f64, loaded.weights):

@@ -297,7 +297,8 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     backbone = build_backbone(width, stages)
     for v, w in zip(backbone.weights, weights):
         v.assign(w)
-    manifest_path = (Path(args.release).parent if args.release else MODELS_DIR) / "manifest.json"
+    manifest_path = (Path(args.manifest) if getattr(args, "manifest", None)
+                     else (Path(args.release).parent if args.release else MODELS_DIR) / "manifest.json")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     previous = manifest.get(UVREG_RELEASE, {}).get("file")
     # default: replace the current release file (a new release gets a new name via --release)
@@ -426,7 +427,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soup-weights", nargs="+", type=float, default=None, metavar="W",
                    help="with --soup: one weight per member (default equal), e.g. 5 1 for a five-run "
                         "soup release and one new run")
-    p.add_argument("--manifest", default=None, help="manifest for --export (default <out>/manifest.json)")
+    p.add_argument("--manifest", default=None,
+                   help="manifest for --export (default <out>/manifest.json; uvreg: beside --release)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="which checkpoint --export writes (best = lowest validation score: NME68, or the "
                         "mean of its real and turned halves with --val-synth)")
