@@ -300,31 +300,39 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     assert entry["file"] == "uvreg-v2.npz"
 
 
-def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
-    """--export --soup: the release holds the mean of the runs' weights (fp16 of it), the manifest
-    each run's own record; runs of different output scales cannot be averaged (one error line)."""
-    import json
-
-    pytest.importorskip("tensorflow")
-    from realtime_prn.network.uvreg import build_backbone, load_weights
+def _random_runs(tmp_path, seed, p_mean, p_stds):
+    """Small uvreg runs a, b, c with random weights, saved as <name>/best.npz; their backbones."""
+    from realtime_prn.network.uvreg import build_backbone
     from realtime_prn.training import trainer as trainer_mod
 
     stages = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     backbones = []
-    for i, name in enumerate(("a", "b", "c")):
+    for i, (name, p_std) in enumerate(zip(("a", "b", "c"), p_stds)):
         bb = build_backbone(0.25, stages)
         for v in bb.weights:
             v.assign(rng.standard_normal(v.shape).astype(np.float32))
         tr = trainer_mod.Trainer(bb, np.ones((256, 256), np.float32), None, None, None, None,
                                  log=lambda s: None)
         tr.state.step = 10 + i
-        tr.state.config = {"width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0 + (name == "c")] * 62,
+        tr.state.config = {"width": 0.25, "p_mean": [p_mean] * 62, "p_std": [p_std] * 62,
                            "stages": [list(x) for x in stages], "data_seed": i}
         tr.state.history = [{"step": 10 + i, "val_nme68": 2.0 + i, "val_score": 2.5 + i}]
         (tmp_path / name).mkdir()
         tr.save(tmp_path / name / "best.npz")
         backbones.append(bb)
+    return backbones
+
+
+def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
+    """--export --soup: the release holds the mean of the runs' weights (fp16 of it), the manifest
+    each run's own record; runs of different output scales cannot be averaged (one error line)."""
+    import json
+
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import load_weights
+
+    backbones = _random_runs(tmp_path, 0, 0.0, (1.0, 1.0, 2.0))
     release = tmp_path / "rel" / "uvreg-soup.npz"
     common = ["--model", "uvreg", "--export", "--out", str(tmp_path / "a"), "--release", str(release)]
     assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
@@ -351,25 +359,9 @@ def test_soup_takes_a_release_as_weighted_member(tmp_path, train_tool, capsys):
     import json
 
     pytest.importorskip("tensorflow")
-    from realtime_prn.network.uvreg import build_backbone, load_weights
-    from realtime_prn.training import trainer as trainer_mod
+    from realtime_prn.network.uvreg import load_weights
 
-    stages = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
-    rng = np.random.default_rng(1)
-    backbones = []
-    for i, name in enumerate(("a", "b", "c")):
-        bb = build_backbone(0.25, stages)
-        for v in bb.weights:
-            v.assign(rng.standard_normal(v.shape).astype(np.float32))
-        tr = trainer_mod.Trainer(bb, np.ones((256, 256), np.float32), None, None, None, None,
-                                 log=lambda s: None)
-        tr.state.step = 10 + i
-        tr.state.config = {"width": 0.25, "p_mean": [0.5] * 62, "p_std": [2.0] * 62,
-                           "stages": [list(x) for x in stages], "data_seed": i}
-        tr.state.history = [{"step": 10 + i, "val_nme68": 2.0 + i, "val_score": 2.5 + i}]
-        (tmp_path / name).mkdir()
-        tr.save(tmp_path / name / "best.npz")
-        backbones.append(bb)
+    backbones = _random_runs(tmp_path, 1, 0.5, (2.0, 2.0, 2.0))
     first = tmp_path / "rel1" / "uvreg-soup-ab.npz"
     base = ["--model", "uvreg", "--export", "--out", str(tmp_path / "a")]
     assert train_tool.main(base + ["--release", str(first), "--soup", str(tmp_path / "a"),
