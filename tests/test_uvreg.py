@@ -393,7 +393,7 @@ def test_soup_takes_a_release_as_weighted_member(tmp_path, train_tool, capsys):
     assert train_tool.main(base + ["--release", str(second), "--soup", str(not_release),
                                    str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not a uvreg release file" in err[0], err
+    assert len(err) == 1 and "not a uvreg weights file" in err[0], err
 
 
 def test_release_file_matches_manifest_and_resolves():

@@ -219,7 +219,7 @@ def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], d
     in engines/train, never committed); given its run count as its weight it re-enters a larger soup
     as its runs would, to within fp16 rounding.
     """
-    from realtime_prn.network.uvreg import STAGES
+    from realtime_prn.network.uvreg import STAGES, load_weights
     from realtime_prn.paths import sha256_file
 
     if path.suffix != ".npz":  # a run directory
@@ -229,12 +229,9 @@ def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], d
     else:
         if not path.is_file():
             raise FileNotFoundError(f"--soup: no release file at {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files or "p_mean" not in z.files:
-                raise ValueError(f"--soup: {path} is not a uvreg release file")
-            meta = json.loads(str(z["meta"]))
-            weights = [z[k].astype(np.float32) for k in sorted(k for k in z.files if k.startswith("w"))]
-            cfg = {**meta, "p_mean": z["p_mean"].tolist(), "p_std": z["p_std"].tolist()}
+        backbone, p_mean, p_std, meta = load_weights(path)  # the release format's one reader
+        weights = [np.asarray(v, np.float32) for v in backbone.weights]
+        cfg = {**meta, "p_mean": p_mean, "p_std": p_std}
         shared = ("model", "width", "stages", "labels", "trained_by")
         record = {"release": path.name, "sha256": sha256_file(path),
                   **{k: v for k, v in meta.items() if k not in shared}}
