@@ -263,7 +263,6 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     """--export of a checkpoint: fp16 backbone equal to the checkpoint's weights, the manifest's
     sha256 and step, the validation figures of that step (not of a later one); a second export
     under a new name reports the file it orphans."""
-    import argparse
     import json
 
     pytest.importorskip("tensorflow")
@@ -282,7 +281,8 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
                        "n_synth": 5, "data_seed": 3, "flip_prob": 0.5, "n_val_synth": 2, "lr": 1e-4}
     tr.state.history = [{"step": 7, "val_nme68": 3.0, "val_score": 3.5}, {"step": 9, "val_nme68": 9.0}]
     tr.save(tmp_path / "ck.npz")
-    args = argparse.Namespace(release=str(tmp_path / "rel" / "uvreg-v1.npz"), checkpoint="last")
+    args = tool.parse_args(["--model", "uvreg", "--export", "--checkpoint", "last",
+                            "--release", str(tmp_path / "rel" / "uvreg-v1.npz")])
     assert tool.export_uvreg(args, tmp_path / "ck.npz") == 0
     entry = json.loads((tmp_path / "rel" / "manifest.json").read_text())["uvreg"]
     assert entry["sha256"] == sha256_file(tmp_path / "rel" / "uvreg-v1.npz")

@@ -281,7 +281,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
 
     if isinstance(ckpt, list):  # a soup: each member's own record (a soup has no validation of its own)
-        weights, net, records = soup_weights(ckpt, args.checkpoint, getattr(args, "soup_weights", None))
+        weights, net, records = soup_weights(ckpt, args.checkpoint, args.soup_weights)
         width, stages, p_mean, p_std = net["width"], net["stages"], net["p_mean"], net["p_std"]
         record = {"soup": records}
     else:
@@ -294,7 +294,7 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     backbone = build_backbone(width, stages)
     for v, w in zip(backbone.weights, weights):
         v.assign(w)
-    manifest_path = (Path(args.manifest) if getattr(args, "manifest", None)
+    manifest_path = (Path(args.manifest) if args.manifest
                      else (Path(args.release).parent if args.release else MODELS_DIR) / "manifest.json")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     previous = manifest.get(UVREG_RELEASE, {}).get("file")
