@@ -110,10 +110,9 @@ def test_flip_averaging_lowers_the_released_models_error_on_aflw_subset():
 
     Measured (TensorFlow): the release (v18) plain 3.502, flipped 3.394 (v17: 3.644 -> 3.509, soup
     v12-v16: 3.619 -> 3.537, v12-v15's soup: 3.633 -> 3.547, v12: 3.681 -> 3.576, v10: 3.684 ->
-    3.516, v9: 3.726 ->
-    3.615, v8: 3.885 -> 3.725); all 2000 images, ONNX Runtime: see the README's tables. Fails if
-    the un-mirroring is wrong (the average of a face and a mis-mapped mirror face is whole NME
-    points worse) or if flipping does not help the shipped model."""
+    3.516, v9: 3.726 -> 3.615, v8: 3.885 -> 3.725); all 2000 images, ONNX Runtime: see the
+    README's tables. Fails if the un-mirroring is wrong (the average of a face and a mis-mapped
+    mirror face is whole NME points worse) or if flipping does not help the shipped model."""
     pytest.importorskip("tensorflow")
     import check_teacher_port as tool
 
