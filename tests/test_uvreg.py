@@ -470,14 +470,14 @@ def released():
 def test_released_weights_on_aflw_subset(released):
     """First 100 sorted AFLW2000-3D images, PRN's 1.6 landmark crop (test data: measured, never tuned).
 
-    Measured: the release (soup v18 + v19) 3.484 (TensorFlow; v18 3.502, v17 3.644, soup v12-v16 3.619,
-    v12-v15's soup 3.633, v12 3.681, v10 3.684, v9 3.726, v8 3.885, v7 4.004, v6 3.919, v5 4.050, v4
-    4.269, v3 4.250, v2 4.917, v1 4.894 -- this subset is mostly frontal, where v7 gained nothing, and
-    v17's gain over the soup sits in the profile bin; all 2000 (ONNX): soup v18 + v19 3.939, v18 3.969,
-    v17 4.021, soup v12-v16 4.038, v12-v15 4.044, v12 4.069, v10 4.101, v9 4.225, v8 4.291, v7 4.382, v6
-    4.394, v5 4.447, v4 4.570, v3 4.854, v2 5.364, v1 5.572); mb05uv 3.113 and the teacher 3.012 on the
-    same 100; the mean shape ~10. The bound fails for a broken decoder, frame or resize (whole NME points),
-    an untrained / wrong file, or a fall back to v2's accuracy.
+    Measured: the release (soup v18-v20) 3.483 (TensorFlow; soup v18 + v19 3.484, v18 3.502, v17 3.644, soup
+    v12-v16 3.619, v12-v15's soup 3.633, v12 3.681, v10 3.684, v9 3.726, v8 3.885, v7 4.004, v6 3.919, v5
+    4.050, v4 4.269, v3 4.250, v2 4.917, v1 4.894 -- this subset is mostly frontal, where v7 gained
+    nothing, and v17's gain over the soup sits in the profile bin; all 2000 (ONNX): soup v18-v20 3.931,
+    soup v18 + v19 3.939, v18 3.969, v17 4.021, soup v12-v16 4.038, v12-v15 4.044, v12 4.069, v10 4.101,
+    v9 4.225, v8 4.291, v7 4.382, v6 4.394, v5 4.447, v4 4.570, v3 4.854, v2 5.364, v1 5.572); mb05uv
+    3.113 and the teacher 3.012 on the same 100; the mean shape ~10. The bound fails for a broken decoder,
+    frame or resize (whole NME points), an untrained / wrong file, or a fall back to v2's accuracy.
     """
     import check_teacher_port as tool
 
@@ -490,18 +490,16 @@ def test_released_weights_agree_with_the_teacher_on_photos(released, eval_dir):
     """On the real photos of eval/images (never trained on), uvreg's landmarks sit within a few
     percent of the teacher-based mb05uv's on most faces BlazeFace finds.
 
-    Measured over 16 faces (both refined, the default since refinement came): the release (soup v18 + v19)
-    median 1.8 %, 16 under 10 %, worst two 4.0 and 6.2 % (v18: 1.8 %, 16, 3.9 and 5.6 %; v17: 1.9 %, 16,
-    3.6 and 6.2 %; soup v12-v16: 1.9 %, 16, 4.8 and 5.6 %; v12-v15's soup: 1.9 %, 16, 4.4 and 6.2 %;
-    uvreg-v12: 1.9 %, 16, 5.4 and 8.3 %). From the box crops (``refine=0``, as every figure
-    below): uvreg-v12 median 1.8 %, 15 under 10 %, worst two 7.7 and 16.6 % (v10: 1.8 %,
-    15, worst 8.8 and 18.1 %; v9: 2.1 %,
-    14, worst 11.0 and 20.1 %; v8:
-    2.2 %, 14; v7: 2.3 %, 14; v6: 2.2 %, 14; v5: 2.2 %, 14; v4: 3.1 %, 14; v3: 3.5 %, 14; v2:
-    3.8 %, 14; v1: 4.1 %, 14); v8's worst two are
-    11.7 and 22.0 % (v7's 10.5 and 17.6 %, v6's 11.0 and 26.1 %, v5's 11.2 and 19.0 %, v4's 12.0
-    and 26.5 %); v3's (12.8, 19.9 %) were faces whose yaw the two models read differently (emma
-    collage: -57 vs -42 deg; obama_and_biden: +41 vs +11)."""
+    Measured over 16 faces (both refined, the default since refinement came): the release (soup v18-v20)
+    median 1.8 %, 16 under 10 %, worst two 3.8 and 5.2 % (soup v18 + v19: 1.8 %, 16, 4.0 and 6.2 %; v18:
+    1.8 %, 16, 3.9 and 5.6 %; v17: 1.9 %, 16, 3.6 and 6.2 %; soup v12-v16: 1.9 %, 16, 4.8 and 5.6 %;
+    v12-v15's soup: 1.9 %, 16, 4.4 and 6.2 %; uvreg-v12: 1.9 %, 16, 5.4 and 8.3 %).
+    From the box crops (``refine=0``, as every figure below): uvreg-v12 median 1.8 %, 15 under 10 %, worst two
+    7.7 and 16.6 % (v10: 1.8 %, 15, worst 8.8 and 18.1 %; v9: 2.1 %, 14, worst 11.0 and 20.1 %; v8: 2.2 %,
+    14; v7: 2.3 %, 14; v6: 2.2 %, 14; v5: 2.2 %, 14; v4: 3.1 %, 14; v3: 3.5 %, 14; v2: 3.8 %, 14; v1: 4.1
+    %, 14); v8's worst two are 11.7 and 22.0 % (v7's 10.5 and 17.6 %, v6's 11.0 and 26.1 %, v5's 11.2 and
+    19.0 %, v4's 12.0 and 26.5 %); v3's (12.8, 19.9 %) were faces whose yaw the two models read
+    differently (emma collage: -57 vs -42 deg; obama_and_biden: +41 vs +11)."""
     from realtime_prn import FaceReconstructor, Options
     from realtime_prn.image import read_image
 
@@ -541,6 +539,26 @@ def release_onnx_val(tmp_path_factory, train_tool):
                                        "--validate-onnx", str(onnx)])
     assert rc == 0
     return common, json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def test_validate_onnx_takes_a_release_npz_and_rejects_other_files(tmp_path, train_tool, release_onnx_val,
+                                                                      capsys):
+    """A candidate release .npz is scored as it would ship (composed into the same ONNX), so its score is
+    the ONNX's to the last digit; a file that is neither stops with one line and a non-zero status."""
+    import json
+
+    from realtime_prn.weights import release_file
+
+    split, ref = release_onnx_val
+    capsys.readouterr()
+    assert train_tool.main(split + ["--out", str(tmp_path), "--validate-onnx", str(release_file())]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["val_score"] == ref["val_score"] and got["n_val"] == ref["n_val"]
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("not a model")
+    assert train_tool.main(split + ["--out", str(tmp_path), "--validate-onnx", str(bad)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "not a readable ONNX model" in err[-1], err
 
 
 def test_init_fine_tunes_from_the_release(tmp_path, train_tool, release_onnx_val):
