@@ -558,7 +558,7 @@ def test_validate_onnx_takes_a_release_npz_and_rejects_other_files(tmp_path, tra
     bad.write_text("not a model")
     assert train_tool.main(split + ["--out", str(tmp_path), "--validate-onnx", str(bad)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and "not a readable ONNX model" in err[-1], err
+    assert err[-1].startswith("error: ") and "not a usable ONNX model" in err[-1], err
 
 
 def test_init_fine_tunes_from_the_release(tmp_path, train_tool, release_onnx_val):

@@ -34,8 +34,8 @@ landmark NME), history.json, val_curve.csv, val_curve.png, train.log lines on st
 
 ``--benchmark N`` times N steps on random tensors (fp32 vs ``--precision``/``--jit``);
 ``--export`` writes fp32 and fp16 ONNX of best.npz plus a manifest with sha256;
-``--validate-onnx FILE`` scores any PRN-I/O ONNX model (e.g. mb05uv), or a uvreg release .npz, on the same
-validation split.
+``--validate-onnx WEIGHTS`` scores any PRN-I/O model (an .onnx, a uvreg release .npz, ``uvreg`` or
+``mb05uv``) on the same validation split.
 """
 
 from __future__ import annotations
@@ -334,30 +334,21 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
 
 
 def validate_onnx(args: argparse.Namespace, val: FaceData, a: object, w: np.ndarray) -> int:
-    """The validation metrics of any PRN-I/O ONNX model, e.g. mb05uv, on this run's val split.
+    """The validation metrics of any PRN-I/O model, e.g. mb05uv, on this run's val split.
 
-    A uvreg release ``.npz`` is composed into its ONNX first (cached like the engine's), so a candidate
-    is scored exactly as it would ship, without a separate export step.
+    The weights are resolved and loaded exactly as the ONNX Runtime engine loads them (a uvreg release
+    ``.npz`` composed into its cached ONNX), so a candidate is scored as it would ship.
     """
-    import onnxruntime as ort
+    from realtime_prn.engines.onnxruntime import OnnxRuntimeEngine
+    from realtime_prn.weights import onnx_model, resolve_weights
 
-    path = Path(args.validate_onnx)
-    if path.suffix == ".npz":
-        from realtime_prn.network.export import build_uvreg_onnx
-        path = build_uvreg_onnx(path, args.data)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads or 2
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail) share no base here
-        raise ValueError(f"{path} is not a readable ONNX model (nor a uvreg .npz): "
-                         f"{str(exc).splitlines()[0][:200]}") from None
-    name = sess.get_inputs()[0].name
+    engine = OnnxRuntimeEngine(onnx_model(resolve_weights(args.validate_onnx), args.data),
+                               threads=args.threads or 2, providers=["CPUExecutionProvider"])
     losses, nmes, dnmes, ms = [], [], [], []
     for r in range(len(val)):
         x, y = val.eval_sample(r)
         t0 = time.perf_counter()
-        p = sess.run(None, {name: x[None]})[0]
+        p = engine.infer(x[None])
         ms.append((time.perf_counter() - t0) * 1000)
         losses.append(weighted_loss_np(p, y[None], w)[0])
         nmes.append(landmark_nme(p, y[None], a.kpt_ind)[0])
@@ -463,11 +454,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--release", default=None, metavar="FILE",
                    help="uvreg --export: release file (default: replace the manifest's current one, "
                         "realtime_prn/models/uvreg-v*.npz)")
-    p.add_argument("--validate-onnx", default=None, metavar="FILE",
-                   help="score an ONNX model (or a uvreg release .npz) on the val split, exit")
+    p.add_argument("--validate-onnx", default=None, metavar="WEIGHTS",
+                   help="score a PRN-I/O model on the val split, exit: an .onnx, a uvreg .npz, "
+                        "uvreg or mb05uv")
     args = p.parse_args(argv)
-    if args.validate_onnx and not Path(args.validate_onnx).is_file():
-        p.error(f"--validate-onnx: no such file: {args.validate_onnx}")
+    if args.validate_onnx:  # before minutes of labelling: a missing file fails at once
+        from realtime_prn.weights import WeightsError, resolve_weights
+        try:
+            resolve_weights(args.validate_onnx)
+        except WeightsError as exc:
+            p.error(f"--validate-onnx: {exc}")
     if not 0 <= args.synth_pitch < 90:
         p.error(f"--synth-pitch must be in [0, 90) degrees, not {args.synth_pitch:g}")
     if args.synth_pitch and args.synth_method != "warp":
