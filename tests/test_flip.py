@@ -109,12 +109,11 @@ def test_flip_averaging_lowers_the_released_models_error_on_aflw_subset():
     (test data: measured, never tuned; flip averaging has no parameter to tune).
 
     Measured (TensorFlow): the release (v21) plain 3.458, flipped 3.357 (soup v18-v20: 3.483 -> 3.389,
-    soup v18 + v19: 3.484 ->
-    3.397, v18: 3.502 -> 3.394, v17: 3.644 -> 3.509, soup v12-v16: 3.619 -> 3.537, v12-v15's soup: 3.633
-    -> 3.547, v12: 3.681 -> 3.576, v10: 3.684 -> 3.516, v9: 3.726 -> 3.615, v8: 3.885 -> 3.725); all 2000
-    images, ONNX Runtime: see the README's tables. Fails if the un-mirroring is wrong (the average of a
-    face and a mis-mapped mirror face is whole NME points worse) or if flipping does not help the shipped
-    model."""
+    soup v18 + v19: 3.484 -> 3.397, v18: 3.502 -> 3.394, v17: 3.644 -> 3.509, soup v12-v16: 3.619 ->
+    3.537, v12-v15's soup: 3.633 -> 3.547, v12: 3.681 -> 3.576, v10: 3.684 -> 3.516, v9: 3.726 -> 3.615,
+    v8: 3.885 -> 3.725); all 2000 images, ONNX Runtime: see the README's tables. Fails if the un-mirroring
+    is wrong (the average of a face and a mis-mapped mirror face is whole NME points worse) or if flipping
+    does not help the shipped model."""
     pytest.importorskip("tensorflow")
     import check_teacher_port as tool
 

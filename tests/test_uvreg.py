@@ -491,11 +491,11 @@ def test_released_weights_agree_with_the_teacher_on_photos(released, eval_dir):
     """On the real photos of eval/images (never trained on), uvreg's landmarks sit within a few
     percent of the teacher-based mb05uv's on most faces BlazeFace finds.
 
-    Measured over 16 faces (both refined, the default since refinement came): the release (v21)
-    median 1.8 %, 16 under 10 %, worst two 4.1 and 4.8 % (soup v18-v20: 1.8 %, 16, 3.8 and 5.2 %;
-    soup v18 + v19: 1.8 %, 16, 4.0 and 6.2 %; v18:
-    1.8 %, 16, 3.9 and 5.6 %; v17: 1.9 %, 16, 3.6 and 6.2 %; soup v12-v16: 1.9 %, 16, 4.8 and 5.6 %;
-    v12-v15's soup: 1.9 %, 16, 4.4 and 6.2 %; uvreg-v12: 1.9 %, 16, 5.4 and 8.3 %).
+    Measured over 16 faces (both refined, the default since refinement came): the release (v21) median
+    1.8 %, 16 under 10 %, worst two 4.1 and 4.8 % (soup v18-v20: 1.8 %, 16, 3.8 and 5.2 %; soup v18 + v19:
+    1.8 %, 16, 4.0 and 6.2 %; v18: 1.8 %, 16, 3.9 and 5.6 %; v17: 1.9 %, 16, 3.6 and 6.2 %; soup v12-v16:
+    1.9 %, 16, 4.8 and 5.6 %; v12-v15's soup: 1.9 %, 16, 4.4 and 6.2 %; uvreg-v12: 1.9 %, 16, 5.4 and
+    8.3 %).
     From the box crops (``refine=0``, as every figure below): uvreg-v12 median 1.8 %, 15 under 10 %, worst two
     7.7 and 16.6 % (v10: 1.8 %, 15, worst 8.8 and 18.1 %; v9: 2.1 %, 14, worst 11.0 and 20.1 %; v8: 2.2 %,
     14; v7: 2.3 %, 14; v6: 2.2 %, 14; v5: 2.2 %, 14; v4: 3.1 %, 14; v3: 3.5 %, 14; v2: 3.8 %, 14; v1: 4.1
