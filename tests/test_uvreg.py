@@ -672,10 +672,12 @@ def test_init_with_a_wrong_file_is_one_clear_error(tmp_path, train_tool, capsys,
 def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
     """--resume of a run started with --init needs neither --width nor --init again: the network is
     rebuilt at the checkpoint's width (the release's 0.75, not the default 1.0) and the run still
-    records the release it started from."""
+    records the release it started from, by name and sha256, into the release it exports (so the
+    lineage survives the init file being removed from the repo)."""
     import json
 
     pytest.importorskip("tensorflow")
+    from realtime_prn.paths import sha256_file
     from realtime_prn.weights import release_file
 
     common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path),
@@ -685,6 +687,12 @@ def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [r["step"] for r in hist["val"]] == [0, 1, 2]
     assert hist["config"]["init"] == str(release_file()) and hist["config"]["width"] == 0.75
+    assert hist["config"]["init_sha256"] == sha256_file(release_file())
+    rel = tmp_path / "rel" / "uvreg-x.npz"
+    assert train_tool.main(["--model", "uvreg", "--out", str(tmp_path), "--export", "--checkpoint", "last",
+                            "--release", str(rel)]) == 0
+    entry = json.loads((rel.parent / "manifest.json").read_text())["uvreg"]
+    assert (entry["init_from"], entry["init_sha256"]) == (release_file().name, sha256_file(release_file()))
 
 
 def test_backgrounds_fill_only_the_padding_from_donors(decoder, labelled):

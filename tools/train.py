@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 
 from realtime_prn.crop import RES  # noqa: E402
 from realtime_prn.errors import OneLineArgumentParser  # noqa: E402
+from realtime_prn.paths import sha256_file  # noqa: E402
 from realtime_prn.training.augment import NO_AUGMENT, AugmentConfig  # noqa: E402
 from realtime_prn.training.datasets import (  # noqa: E402
     UVREG_DATA_KEYS,
@@ -177,7 +178,6 @@ def export(args: argparse.Namespace, out: Path) -> int:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from realtime_prn.network.export import keras_to_onnx
-    from realtime_prn.paths import sha256_file
     from realtime_prn.training.student import build_model
 
     ckpt = out / f"{args.checkpoint}.npz"
@@ -226,8 +226,22 @@ def _release_record(state: dict, checkpoint: str) -> dict:
             "trained_precision": cfg.get("precision", "fp32"),
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
-            **({"init_from": Path(cfg["init"]).name} if cfg.get("init") else {}),
+            **_init_record(cfg),
             "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg}}
+
+
+def _init_record(cfg: dict) -> dict:
+    """The release a fine-tune started from: its name and sha256.
+
+    Why the sha256: a release is git rm'd once the next one ships, so its name alone leaves the lineage
+    to the README; the hash finds the exact file in git history. Runs started before the hash was
+    recorded at training start fall back to hashing the file still at that path.
+    """
+    init = cfg.get("init")
+    if not init:
+        return {}
+    digest = cfg.get("init_sha256") or (sha256_file(Path(init)) if Path(init).is_file() else None)
+    return {"init_from": Path(init).name, **({"init_sha256": digest} if digest else {})}
 
 
 def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], dict]:
@@ -239,7 +253,6 @@ def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], d
     as its runs would, to within fp16 rounding.
     """
     from realtime_prn.network.uvreg import STAGES, load_weights
-    from realtime_prn.paths import sha256_file
 
     if path.suffix != ".npz":  # a run directory
         state, weights = _uvreg_checkpoint(path / f"{checkpoint}.npz")
@@ -296,7 +309,6 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     machine (``python -m realtime_prn setup``), so nothing derived from the BFM is committed.
     """
     from realtime_prn.network.uvreg import STAGES, build_backbone, save_weights
-    from realtime_prn.paths import sha256_file
     from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
 
     if isinstance(ckpt, list):  # a soup: each member's own record (a soup has no validation of its own)
@@ -640,11 +652,14 @@ def _main(args: argparse.Namespace) -> int:
         trainer.state = TrainState(seed=args.seed)
     # a resumed fine-tune keeps the release it started from (its export records it)
     init = trainer.state.config.get("init") if args.resume else args.init
+    init_sha = (trainer.state.config.get("init_sha256") if args.resume
+                else sha256_file(Path(args.init)) if args.init else None)
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
                             "halve_every_steps": halve, "warmup_steps": args.warmup, "seed": args.seed,
                             "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
-                            "precision": args.precision, "jit": args.jit, "init": init, **info}
+                            "precision": args.precision, "jit": args.jit, "init": init,
+                            **({"init_sha256": init_sha} if init_sha else {}), **info}
     if args.model == "uvreg":
         trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist(),
                                     stages=[list(x) for x in stages])
