@@ -150,3 +150,25 @@ def test_aflw_subset_nme(model: object, tool: ModuleType) -> None:
     assert abs(per.mean() - 3.0116) < 0.005, per.mean()
     res = tool.model_256(files, pts, ("prn1.6",), lambda x: model.predict(x, verbose=0))
     assert res["prn1.6"].mean() < 3.2, res["prn1.6"].mean()
+
+
+def test_onnx_runner_matches_keras_and_refuses_a_non_model(
+    model: object, tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--onnx`` runs through the project's ONNX Runtime engine: on 20 AFLW images it gives the Keras
+    model's NME (same network, fp32), and a file that is not a model stops the tool in one line,
+    before the minutes of the teacher section."""
+    from realtime_prn.weights import onnx_model, resolve_weights
+
+    files, pts, _ = tool.load_aflw(20)
+    runner, label = tool.make_runner(onnx_model(resolve_weights("mb05uv"), log=lambda s: None), 2)
+    got = tool.model_256(files, pts, ("prn1.6",), runner)["prn1.6"]
+    ref = tool.model_256(files, pts, ("prn1.6",), lambda x: model.predict(x, verbose=0))["prn1.6"]
+    assert label.startswith("onnx:") and np.abs(got - ref).max() < 1e-3, (got.mean(), ref.mean())
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    assert tool.main(["--limit", "5", "--onnx", str(bad), "--skip", "c"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a usable ONNX model" in err[0], err
+    assert "teacher protocol" not in captured.out

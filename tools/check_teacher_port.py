@@ -173,13 +173,11 @@ def make_runner(onnx_path: Path | None, threads: int) -> tuple[object, str]:
 
         model = build_mb05uv_model()
         return (lambda x: model.predict(x, batch_size=len(x), verbose=0)), "tf"
-    import onnxruntime as ort
+    from realtime_prn.engines.onnxruntime import OnnxRuntimeEngine
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return (lambda x: sess.run(None, {name: x})[0]), f"onnx:{onnx_path.name}"
+    # the project's engine, so the port is checked with the session settings users run
+    engine = OnnxRuntimeEngine(onnx_path, threads=threads, providers=["CPUExecutionProvider"], max_batch=64)
+    return engine.infer, f"onnx:{onnx_path.name}"
 
 
 def model_256(
@@ -309,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx is not None and not args.onnx.is_file():
         ap.error(f"no ONNX file at {args.onnx}")
     skip = set(args.skip.split(","))
+    if "b" not in skip:  # before minutes of (a): a wrong file fails at once
+        try:
+            runner, label = make_runner(args.onnx, args.threads)
+        except ValueError as exc:  # not a model, or not PRN's 256 I/O
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         files, pts, yaw = load_aflw(args.limit)
     except DataNotFoundError as exc:
@@ -329,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if "b" not in skip:
-        runner, label = make_runner(args.onnx, args.threads)
         t = time.perf_counter()
         res = model_256(files, pts, rules, runner)
         dt = time.perf_counter() - t
