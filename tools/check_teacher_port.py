@@ -307,17 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx is not None and not args.onnx.is_file():
         ap.error(f"no ONNX file at {args.onnx}")
     skip = set(args.skip.split(","))
-    if "b" not in skip:  # before minutes of (a): a wrong file fails at once
-        try:
-            runner, label = make_runner(args.onnx, args.threads)
-        except ValueError as exc:  # not a model, or not PRN's 256 I/O
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     try:
         files, pts, yaw = load_aflw(args.limit)
     except DataNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "b" not in skip:  # after the data check, before minutes of (a): a wrong file fails at once
+        try:
+            runner, label = make_runner(args.onnx, args.threads)
+        except ValueError as exc:  # not a model, or not PRN's 256 I/O
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     n_bins = [int(m.sum()) for m in yaw_bins(yaw)]
     print(
         f"AFLW2000-3D: {len(files)} images; |yaw| bins [0,30] {n_bins[0]}, (30,60] {n_bins[1]}, "

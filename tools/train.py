@@ -651,9 +651,10 @@ def _main(args: argparse.Namespace) -> int:
     else:
         trainer.state = TrainState(seed=args.seed)
     # a resumed fine-tune keeps the release it started from (its export records it)
-    init = trainer.state.config.get("init") if args.resume else args.init
-    init_sha = (trainer.state.config.get("init_sha256") if args.resume
-                else sha256_file(Path(args.init)) if args.init else None)
+    if args.resume:
+        init, init_sha = trainer.state.config.get("init"), trainer.state.config.get("init_sha256")
+    else:
+        init, init_sha = args.init, sha256_file(Path(args.init)) if args.init else None
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
                             "halve_every_steps": halve, "warmup_steps": args.warmup, "seed": args.seed,
                             "labels": str(lpath),
