@@ -281,6 +281,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, yaw_deg: np.ndarray, *, resam
         "n": int(ok.sum()),
         "n_dropped": int((~ok).sum()),
         "bin_mean": stat(bmean(a), bmean(b), bin_means.mean(axis=0)),
+        # each bin on its own: where a change moves (v23 gained on frontal faces, lost on profiles)
+        "bins": [{**stat(float(a[m].mean()), float(b[m].mean()), bin_means[k]),
+                  "b_better": float((d[m] < 0).mean()), "n": len(m)} for k, m in enumerate(members)],
         "all": stat(float(a.mean()), float(b.mean()), alls),
         "b_better": float((d < 0).mean()),
         "level": level,

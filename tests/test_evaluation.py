@@ -203,6 +203,12 @@ def test_paired_bootstrap_is_paired_and_stratified():
     assert r["all"]["diff"] == pytest.approx(shift.mean())
     assert r["all"]["low"] == pytest.approx(shift.mean()) and r["all"]["high"] == pytest.approx(shift.mean())
     assert r["b_better"] == 1.0 and r["n"] == len(yaw)
+    # each bin alone: its own change, zero width, its own images (a gain in one bin cannot hide
+    # a loss in another), from the same draws as the bin mean
+    for k, (x, d) in enumerate(zip(r["bins"], (-0.001, -0.002, -0.006))):
+        assert (x["diff"], x["low"], x["high"]) == pytest.approx((d, d, d))
+        assert x["n"] == 40 and x["b_better"] == 1.0
+        assert x["a"] == pytest.approx(a[ev.yaw_bins(yaw) == k].mean())
     # the bin mean is summarize's headline figure (which is in percent)
     assert 100 * r["bin_mean"]["a"] == pytest.approx(ev.summarize(a, yaw)["bin_mean"])
 
@@ -221,6 +227,11 @@ def test_paired_bootstrap_noise_swap_and_misses():
     back = ev.paired_bootstrap(b, a, yaw, resamples=500)  # same seed, same draws: mirrored
     assert back["bin_mean"]["diff"] == pytest.approx(-r["bin_mean"]["diff"])
     assert back["bin_mean"]["low"] == pytest.approx(-r["bin_mean"]["high"])
+    # opposite changes in two bins: each bin's interval excludes 0 though the bin mean's does not
+    opp = a + np.array([-0.01, 0.0, 0.01])[ev.yaw_bins(yaw)] + rng.normal(0, 0.001, len(yaw))
+    o = ev.paired_bootstrap(a, opp, yaw, resamples=500)
+    assert o["bins"][0]["high"] < 0 < o["bins"][2]["low"]
+    assert o["bin_mean"]["low"] < 0 < o["bin_mean"]["high"]
     b[[0, 50]] = np.nan  # a detector miss on B's side drops the image from both
     a[[7]] = np.nan
     m = ev.paired_bootstrap(a, b, yaw, resamples=50)
@@ -420,7 +431,11 @@ def test_compare_evals_reports_the_paired_difference(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {tuple(c.strip() for c in ln.split("|")[1:3]): [c.strip() for c in ln.split("|")[3:-1]]
             for ln in proc.stdout.splitlines() if ln.startswith("| gt") or ln.startswith("| detector")}
-    assert len(rows) == 8
+    assert len(rows) == 14  # 7 per crop: 2D bin mean, all, each yaw bin; 3D bin mean; rotation
+    for name in ("[0,30]", "(30,60]", "(60,90]"):
+        row = rows[("gt", f"2D NME %, {name}")]
+        assert row[2] == "-0.100" and row[3] == "-0.100 … -0.100" and row[4] == "100.0 %"
+        assert row[5] == "30"
     two_d = rows[("gt", "2D NME %, bin mean")]
     assert two_d[2] == "-0.100" and two_d[3] == "-0.100 … -0.100" and two_d[4] == "100.0 %"
     assert two_d[5] == str(len(yaw))

@@ -4,9 +4,10 @@
 Why a tool: a release is shipped only if it beats the current one on AFLW2000-3D, and
 consecutive releases differ by a few hundredths of a percent — about the figures' own sampling
 noise. This reads the ``per_image.csv`` both runs of ``tools/evaluate_aflw2000.py`` wrote and
-prints B − A per crop and metric with a bootstrap interval (paired: the same images on both
-sides; stratified by yaw bin: the headline bin mean weighs the bins equally). A negative
-difference whose interval stays below 0 means B's errors are lower beyond resampling noise.
+prints B − A per crop and metric (the 2D NME also per yaw bin) with a bootstrap interval (paired:
+the same images on both sides; stratified by yaw bin: the headline bin mean weighs the bins
+equally). A negative difference whose interval stays below 0 means B's errors are lower beyond
+resampling noise.
 Images either side missed (detector crop) are left out of both; the rotation error, like the
 evaluation's pose figures, counts FSA-Net's images only (every GT angle within ±99°).
 
@@ -30,10 +31,11 @@ from realtime_prn.evaluation import fsanet_mask, paired_bootstrap  # noqa: E402
 
 # column, label, scale to the printed unit, statistics shown
 METRICS = (
-    ("nme2d", "2D NME %", 100.0, ("bin_mean", "all")),
+    ("nme2d", "2D NME %", 100.0, ("bin_mean", "all", "bins")),
     ("nme3d", "3D NME %", 100.0, ("bin_mean",)),
     ("rotation_error", "rotation error deg", 1.0, ("all",)),
 )
+BIN_NAMES = ("[0,30]", "(30,60]", "(60,90]")
 GT_POSE = ("pitch_gt", "yaw_gt_mat", "roll_gt")
 COLUMNS = {"file", "crop", "yaw_gt", *GT_POSE, *(m[0] for m in METRICS)}
 assert COLUMNS <= set(PER_IMAGE_COLUMNS)
@@ -83,13 +85,16 @@ def compare(a: dict, b: dict, crops: list[str], resamples: int, level: float) ->
                 r = paired_bootstrap(va, vb, yaw, resamples=resamples, level=level)
             except ValueError as e:
                 raise UserError(f"crop '{crop}', {col}: {e}") from None
-            for s in stats:
-                x = r[s]
-                name = f"{label}, {'bin mean' if s == 'bin_mean' else 'all'}"
+            rows = [(f"{label}, {'bin mean' if s == 'bin_mean' else 'all'}", r[s], r["b_better"], r["n"])
+                    for s in stats if s != "bins"]
+            if "bins" in stats:  # each yaw bin alone: a gain on one can hide a loss on another
+                rows += [(f"{label}, {name}", x, x["b_better"], x["n"])
+                         for name, x in zip(BIN_NAMES, r["bins"], strict=True)]
+            for name, x, better, n in rows:
                 lines.append(
                     f"| {crop} | {name} | {scale * x['a']:.3f} | {scale * x['b']:.3f} | "
                     f"{scale * x['diff']:+.3f} | {scale * x['low']:+.3f} … {scale * x['high']:+.3f} | "
-                    f"{100 * r['b_better']:.1f} % | {r['n']} |")
+                    f"{100 * better:.1f} % | {n} |")
     return lines
 
 
