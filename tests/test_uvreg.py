@@ -256,6 +256,42 @@ def test_source_bias_turns_already_turned_faces_more_often(decoder, labelled):
         source_weights(labels, 0.0)
 
 
+def test_max_padding_turns_only_faces_with_context(decoder, labelled):
+    """``--synth-max-padding``: a tight crop (the source image ends just past the face, as ~7,000
+    corpus faces do) turned out of plane shows its square of pixels over a donor's head; with the
+    bound only faces with real context round them are turned. The padding share is exact: 0 where
+    the source reaches past the whole crop. Each source is one flat grey, so every turned image says
+    which face it came from; a bound no face meets is one clear error."""
+    from realtime_prn.training.uvreg_data import build_cache, crop_padding, synthesise_large_poses
+
+    q, roi, lms = labelled
+    greys = (60, 120, 180)
+    imgs = [np.full((200, 200, 3), greys[0], np.uint8),  # the crop reaches far past it
+            *(np.full((2000, 2000, 3), g, np.uint8) for g in greys[1:])]
+    shift = np.array([0.0, 900.0, 900.0])  # faces 1 and 2 in the middle of their large images
+    lm, r = lms + shift[:, None, None], roi + shift[:, None]
+    pad = np.full(3, -1.0)
+    cache, qc = build_cache(lm, lambda i: imgs[i], q, r, decoder, progress=False, padding_out=pad)
+    assert 0.3 < pad[0] < 0.95 and pad[1] == 0.0 and pad[2] == 0.0, pad
+    # the share is of the plain crop, the cache's centre: the black there is exactly the padding
+    o = (cache.shape[1] - 256) // 2
+    black = (cache[0, o:o + 256, o:o + 256] == 0).all(axis=-1).mean()
+    assert black == pytest.approx(pad[0], abs=0.01)
+    full = np.full((1, cache.shape[1], cache.shape[1]), 255, np.uint8)
+    assert crop_padding(full)[0] == 0.0 and crop_padding(0 * full)[0] == 1.0
+
+    def sources_of(sources):
+        out, _ = synthesise_large_poses(cache, qc, decoder, 24, seed=3, progress=False, min_deg=25,
+                                        max_deg=35, sources=sources)
+        return [greys[int(np.argmin([abs(int(im.max()) - v) for v in greys]))] for im in out]
+
+    bounded = sources_of(pad <= 0.1)
+    assert greys[0] not in bounded and set(bounded) == set(greys[1:])
+    assert greys[0] in sources_of(None)  # without the bound the tight crop is turned too (~1/3)
+    with pytest.raises(ValueError, match="at least one True"):
+        sources_of(np.zeros(3, bool))
+
+
 # ------------------------------------------------------------------------- the release file
 
 
@@ -748,6 +784,22 @@ def test_data_seed_redraws_the_training_set_and_keeps_validation(decoder):
     assert np.array_equal(trd.cache, tr0.cache) and np.array_equal(trd.order(0), tr0.order(0))
 
 
+def test_max_padding_on_the_corpus_records_its_sources_or_says_none_qualify():
+    """On real corpus faces (the first 40 are all tight crops, >= 30 % padding): a bound every face
+    meets turns from all of them and records how many; a bound none meets stops with one line that
+    names the least padding, before any face is turned."""
+    from realtime_prn.training.augment import AugmentConfig
+    from realtime_prn.training.datasets import make_uvreg_datasets
+    from realtime_prn.training.labels import build_labels
+
+    labels, _, _ = build_labels(40)
+    tr, _, info = make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), synth=3, synth_max_padding=1.0)
+    assert info["synth_max_padding"] == 1.0
+    assert info["n_synth_sources"] == info["n_train"] == (~tr.synthetic).sum()
+    with pytest.raises(ValueError, match=r"no training face has at most 0% padding to turn \(least: \d+%\)"):
+        make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), synth=3, synth_max_padding=0.0)
+
+
 # ------------------------------------------------------------------------- flip augmentation
 
 
@@ -917,6 +969,8 @@ def test_teacher_flip_average_cancels_a_mirror_bias(decoder, labelled, assets, m
     (["--model", "uvreg", "--warmup", "-5"], "--warmup is a number of steps"),
     (["--model", "uvreg", "--synth-source-bias", "15"], "--synth-source-bias needs --model uvreg"),
     (["--model", "uvreg", "--synth", "10", "--synth-source-bias", "-1"], "must be >= 0 degrees"),
+    (["--model", "uvreg", "--synth", "10", "--synth-max-padding", "1.5"], "a share in [0, 1]"),
+    (["--model", "uvreg", "--synth-max-padding", "0.3"], "--synth-max-padding needs --model uvreg"),
 ])
 def test_bad_flip_is_one_usage_error(train_tool, capsys, extra, says):
     with pytest.raises(SystemExit) as exc:

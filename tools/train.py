@@ -433,6 +433,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="uvreg: draw the faces to turn with weight 1 + (|yaw|/DEG)^2, favouring faces "
                         "already turned (less texture stretched into the profile; validation stays uniform); "
                         "default 0 = uniform, as v1-v15")
+    p.add_argument("--synth-max-padding", type=float, default=None, metavar="SHARE",
+                   help="uvreg: turn only faces whose plain 256 crop is at most this share padding (0-1; "
+                        "tight corpus crops turned show a pasted square and a donor's head behind it); "
+                        "default: any face, as v1-v23")
     p.add_argument("--synth-method", default="warp", choices=SYNTH_METHODS,
                    help="uvreg: how faces are turned: warp = the whole image as one mesh (300W-LP style), "
                         "paste = the face alone over a blurred original (the v1/v2 bank)")
@@ -484,6 +488,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--synth-source-bias must be >= 0 degrees, not {args.synth_source_bias:g}")
     if args.synth_source_bias and not (args.model == "uvreg" and args.synth):
         p.error("--synth-source-bias needs --model uvreg and --synth N (it picks the faces to turn)")
+    if args.synth_max_padding is not None:
+        if not 0 <= args.synth_max_padding <= 1:
+            p.error(f"--synth-max-padding is a share in [0, 1], not {args.synth_max_padding:g}")
+        if not (args.model == "uvreg" and args.synth):
+            p.error("--synth-max-padding needs --model uvreg and --synth N (it picks the faces to turn)")
     if not 0 <= args.flip <= 1:
         p.error(f"--flip is a probability in [0, 1], not {args.flip:g}")
     if args.flip and args.model != "uvreg":
@@ -598,7 +607,7 @@ def _main(args: argparse.Namespace) -> int:
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),
                                                args.synth_method, args.recrop, args.synth_pitch,
                                                args.backgrounds, args.data_seed, mirrored,
-                                               args.synth_source_bias)
+                                               args.synth_source_bias, args.synth_max_padding)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)

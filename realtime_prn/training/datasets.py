@@ -96,7 +96,8 @@ def uvreg_loss(rows: np.ndarray, weights: np.ndarray, p_mean: np.ndarray, p_std:
 # The keys of make_uvreg_datasets' info that say what the training samples were (not the split or
 # the validation set): a release records them, so its weights can be traced to their data.
 UVREG_DATA_KEYS = ("n_synth", "synth_deg", "synth_method", "recrop", "synth_pitch", "backgrounds",
-                   "data_seed", "flip_prob", "teacher_flip", "degrade_prob", "synth_source_bias")
+                   "data_seed", "flip_prob", "teacher_flip", "degrade_prob", "synth_source_bias",
+                   "synth_max_padding")
 
 
 def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max: int, cfg: AugmentConfig,
@@ -104,7 +105,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                         synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
                         recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False,
                         data_seed: int | None = None, mirrored: object | None = None,
-                        synth_source_bias: float = 0.0) -> tuple[object, object, dict]:
+                        synth_source_bias: float = 0.0, synth_max_padding: float | None = None
+                        ) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups);
@@ -120,7 +122,10 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     (``labels.build_labels(mirrored=True)``); every label, training and validation, is then the
     flip average of the two (:func:`uvreg_data.flip_averaged`). ``synth_source_bias`` (degrees, 0 =
     uniform): the training bank's turned faces favour already turned sources
-    (:func:`uvreg_data.source_weights`); the validation bank stays uniform, so scores compare."""
+    (:func:`uvreg_data.source_weights`); the validation bank stays uniform, so scores compare.
+    ``synth_max_padding`` (a share, None = any): the training bank turns only faces whose plain crop
+    is at most that much padding (:func:`uvreg_data.crop_padding`: real context round the head, no
+    pasted square); the validation bank is unchanged, so scores compare."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
@@ -142,6 +147,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
         info["degrade_prob"] = cfg.degrade_prob  # likewise
     if synth_source_bias:
         info["synth_source_bias"] = synth_source_bias  # likewise
+    if synth_max_padding is not None:
+        info["synth_max_padding"] = synth_max_padding  # likewise
     if mirrored is not None:
         if len(mirrored) != len(labels) or not np.array_equal(mirrored.files, labels.files):
             raise ValueError("the mirrored label set is not of the same images as the labels")
@@ -150,19 +157,28 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     cv2.setNumThreads(2)
 
     def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int,
-               bias: float = 0.0) -> object:
+               bias: float = 0.0, max_padding: float | None = None) -> object:
         second = None if mirrored is None else (mirrored.params[rows], mirrored.roi[rows], mirrored.ok[rows])
+        padding = np.zeros(len(rows)) if max_padding is not None else None
         cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
-                               dec, backgrounds=backgrounds, seed=s, mirrored=second, mirror=mirror)
+                               dec, backgrounds=backgrounds, seed=s, mirrored=second, mirror=mirror,
+                               padding_out=padding)
         turned = np.zeros(len(q), bool)
+        sources = None
+        if n_turned and padding is not None:
+            sources = padding <= max_padding
+            info["n_synth_sources"] = int(sources.sum())
+            if not sources.any():
+                raise ValueError(f"no training face has at most {max_padding:.0%} padding to turn "
+                                 f"(least: {padding.min():.0%}); raise --synth-max-padding")
         if n_turned:
             c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],
                                             max_deg=synth_deg[1], method=synth_method, recrop=recrop,
-                                            pitch_deg=synth_pitch, source_bias_deg=bias)
+                                            pitch_deg=synth_pitch, source_bias_deg=bias, sources=sources)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
         return UVRegData(cache, q, dec, c, aug_seed, turned, mirror)
 
     ds = info["data_seed"]
-    train = subset(tr, cfg, synth, ds, ds, synth_source_bias)
+    train = subset(tr, cfg, synth, ds, ds, synth_source_bias, synth_max_padding)
     return train, subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info

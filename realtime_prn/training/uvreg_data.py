@@ -61,7 +61,8 @@ def move_params(q: np.ndarray, m: np.ndarray) -> np.ndarray:
 def build_cache(landmarks: np.ndarray, load_image: Callable[[int], np.ndarray], params: np.ndarray,
                 roi: np.ndarray, decoder: object, progress: bool = True, backgrounds: bool = False,
                 seed: int = 0, mirrored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                mirror: LabelMirror | None = None) -> tuple[np.ndarray, np.ndarray]:
+                mirror: LabelMirror | None = None, padding_out: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(N, 320, 320, 3) uint8 BGR face images and (N, 62) labels in their frame.
 
     Image i is its face's PRN crop (landmark rule) grown to 1.8x, so any augmented crop is one
@@ -69,12 +70,14 @@ def build_cache(landmarks: np.ndarray, load_image: Callable[[int], np.ndarray], 
     reaches past the source image it is black, unless ``backgrounds`` (:func:`fill_padding`).
     ``mirrored`` = (params, roi, ok) of the teacher on the mirrored images (``labels.build_labels
     (mirrored=True)``): each label is then :func:`flip_averaged` (with ``mirror``) where ok.
+    ``padding_out`` (N,) float, if given, receives each face's share of its plain 256 PRN crop that
+    the source image did not reach (:func:`crop_padding`), whatever ``backgrounds`` then fills.
     """
     from tqdm import tqdm
 
     n = len(landmarks)
     cache = np.zeros((n, CACHE_RES, CACHE_RES, 3), np.uint8)
-    valid = np.zeros((n, CACHE_RES, CACHE_RES), np.uint8) if backgrounds else None
+    valid = np.zeros((n, CACHE_RES, CACHE_RES), np.uint8) if backgrounds or padding_out is not None else None
     q = np.zeros((n, N_PARAMS), np.float64)
     k = cache_matrix()
     for i in tqdm(range(n), desc="caching faces", disable=not progress, mininterval=5):
@@ -91,11 +94,26 @@ def build_cache(landmarks: np.ndarray, load_image: Callable[[int], np.ndarray], 
                                              mirrored[1][i], img.shape[1], crop), k)
         else:
             q[i] = decoder.crop_params(params[i], roi[i], m)
-    if valid is not None:
+    if padding_out is not None:
+        padding_out[:] = crop_padding(valid)
+    if backgrounds:
         filled, donors = fill_padding(cache, valid, seed)
         if progress:
             print(f"backgrounds: {filled} of {n} faces' padding filled from {donors} donors")
     return cache, q
+
+
+def crop_padding(valid: np.ndarray) -> np.ndarray:
+    """(N,) share of each face's plain 256 PRN crop (the cache's centre) its source image did not reach.
+
+    Why: ~7,000 of the corpus' faces are tight 90-150 px crops, so most of that crop is padding. A
+    background fill hides it on a frontal face, but turned out of plane the face's own square of
+    pixels turns with it and the donor's head shows round it: a pasted-square profile with a second
+    head behind it (looked at, session 15) that no real profile has. ``--synth-max-padding`` turns
+    only faces with real context round them. ``valid`` (N, 320, 320) uint8: 255 where the source reached.
+    """
+    o = (CACHE_RES - RES) // 2
+    return 1.0 - valid[:, o:o + RES, o:o + RES].reshape(len(valid), -1).mean(axis=1) / 255.0
 
 
 #: A cache image is a background donor when at most this fraction of it is padding.
@@ -149,7 +167,8 @@ def synthesise_large_poses(cache: np.ndarray, q: np.ndarray, decoder: object, n:
                            progress: bool = True, min_deg: float = SYNTH_DEG[0],
                            max_deg: float = SYNTH_DEG[1], limit_deg: float = 88.0,
                            method: str = "warp", recrop: bool = True, pitch_deg: float = 0.0,
-                           source_bias_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                           source_bias_deg: float = 0.0, sources: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` extra faces turned out of plane (300W-LP's idea), as cache images + cache-frame labels.
 
     Why: 96 % of the corpus' faces have |yaw| <= 30 deg (teacher labels) and 3 of 8,007 exceed 60,
@@ -161,8 +180,9 @@ def synthesise_large_poses(cache: np.ndarray, q: np.ndarray, decoder: object, n:
     profile; without it the turned face keeps its frontal source's crop, which is larger and
     off-centre for a profile. ``pitch_deg`` > 0 also tilts each turned face up or down by a uniform
     random angle in +-``pitch_deg`` (``warp`` only). ``source_bias_deg`` > 0 draws sources with weight
-    ``1 + (|yaw| / source_bias_deg)**2`` (:func:`source_weights`) instead of uniformly. Deterministic
-    in ``seed``.
+    ``1 + (|yaw| / source_bias_deg)**2`` (:func:`source_weights`) instead of uniformly. ``sources``
+    (bool, one per face) limits the draw to those faces (e.g. :func:`crop_padding` below a bound).
+    Deterministic in ``seed``.
     """
     from tqdm import tqdm
 
@@ -181,6 +201,12 @@ def synthesise_large_poses(cache: np.ndarray, q: np.ndarray, decoder: object, n:
     out = np.zeros((n, CACHE_RES, CACHE_RES, 3), np.uint8)
     qs = np.zeros((n, N_PARAMS), np.float64)
     w = source_weights(q, source_bias_deg) if source_bias_deg else None
+    if sources is not None:
+        allowed = np.asarray(sources, bool)
+        if allowed.shape != (len(q),) or not allowed.any():
+            raise ValueError(f"sources must be one bool per face ({len(q)}) with at least one True")
+        w = np.where(allowed, 1.0 / len(q) if w is None else w, 0.0)
+        w /= w.sum()
     for j in tqdm(range(n), desc="large-pose synthesis", disable=not progress, mininterval=5):
         while True:
             i = int(rng.integers(0, len(q)) if w is None else rng.choice(len(q), p=w))
