@@ -164,14 +164,13 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                                dec, backgrounds=backgrounds, seed=s, mirrored=second, mirror=mirror,
                                padding_out=padding)
         turned = np.zeros(len(q), bool)
-        sources = None
-        if n_turned and padding is not None:
-            sources = padding <= max_padding
-            info["n_synth_sources"] = int(sources.sum())
-            if not sources.any():
-                raise ValueError(f"no training face has at most {max_padding:.0%} padding to turn "
-                                 f"(least: {padding.min():.0%}); raise --synth-max-padding")
         if n_turned:
+            sources = None if padding is None else padding <= max_padding
+            if sources is not None:
+                info["n_synth_sources"] = int(sources.sum())
+                if not sources.any():
+                    raise ValueError(f"no training face has at most {max_padding:.0%} padding to turn "
+                                     f"(least: {padding.min():.0%}); raise --synth-max-padding")
             c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],
                                             max_deg=synth_deg[1], method=synth_method, recrop=recrop,
                                             pitch_deg=synth_pitch, source_bias_deg=bias, sources=sources)

@@ -113,7 +113,12 @@ def crop_padding(valid: np.ndarray) -> np.ndarray:
     only faces with real context round them. ``valid`` (N, 320, 320) uint8: 255 where the source reached.
     """
     o = (CACHE_RES - RES) // 2
-    return 1.0 - valid[:, o:o + RES, o:o + RES].reshape(len(valid), -1).mean(axis=1) / 255.0
+    return _unreached(valid[:, o:o + RES, o:o + RES])
+
+
+def _unreached(valid: np.ndarray) -> np.ndarray:
+    """(N,) share of each (N, h, w) reach mask (255 = reached) that is padding."""
+    return 1.0 - valid.reshape(len(valid), -1).mean(axis=1) / 255.0
 
 
 #: A cache image is a background donor when at most this fraction of it is padding.
@@ -135,7 +140,7 @@ def fill_padding(cache: np.ndarray, valid: np.ndarray, seed: int) -> tuple[int, 
     blended over a 2-px-sigma seam so no hard rectangle is left to learn. ``valid`` (N, 320, 320)
     uint8 is 255 where the source image reached.
     """
-    pad = 1.0 - valid.reshape(len(valid), -1).mean(axis=1) / 255.0
+    pad = _unreached(valid)
     donors = np.flatnonzero(pad <= DONOR_MAX_PADDING)
     if len(donors) < 2:
         return 0, len(donors)
