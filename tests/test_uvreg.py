@@ -336,6 +336,28 @@ def test_export_writes_a_release_the_manifest_vouches_for(tmp_path, train_tool, 
     assert entry["file"] == "uvreg-v2.npz"
 
 
+def test_export_with_the_wrong_model_is_one_line(tmp_path, train_tool, capsys):
+    """A uvreg run exported without --model uvreg (the default is the student) failed deep in Keras
+    with a shape mismatch; the run's own config now names the flag, and nothing is written."""
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import build_backbone
+    from realtime_prn.training import trainer as trainer_mod
+
+    tr = trainer_mod.Trainer(build_backbone(0.25), np.ones((256, 256), np.float32), None, None, None, None,
+                             log=lambda s: None)
+    tr.state.config = {"model": "uvreg", "width": 0.25, "p_mean": [0.0] * 62, "p_std": [1.0] * 62}
+    tr.save(tmp_path / "last.npz")
+    rel = tmp_path / "rel" / "uvreg-x.npz"
+    assert train_tool.main(["--out", str(tmp_path), "--export", "--checkpoint", "last",
+                            "--release", str(rel)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'last.npz'} is a uvreg run: export it with --model uvreg"]
+    assert not rel.parent.exists() and not list(tmp_path.glob("*.onnx"))
+    # with the flag, the width comes from the run (0.25), not --width's default 1.0
+    assert train_tool.main(["--model", "uvreg", "--out", str(tmp_path), "--export", "--checkpoint", "last",
+                            "--release", str(rel)]) == 0
+
+
 def _random_runs(tmp_path, seed, p_mean, p_stds):
     """Small uvreg runs a, b, c with random weights, saved as <name>/best.npz; their backbones."""
     from realtime_prn.network.uvreg import build_backbone

@@ -183,6 +183,12 @@ def export(args: argparse.Namespace, out: Path) -> int:
     ckpt = out / f"{args.checkpoint}.npz"
     if not ckpt.exists() and not args.soup:
         raise FileNotFoundError(f"no {args.checkpoint} checkpoint at {ckpt} (train with validation first)")
+    if not args.soup:  # the run knows what it trained: a wrong --model would fail deep in Keras otherwise
+        with np.load(ckpt) as z:
+            cfg = json.loads(str(z["state"])).get("config", {})
+        if cfg.get("model", args.model) != args.model:
+            raise ValueError(f"{ckpt} is a {cfg['model']} run: export it with --model {cfg['model']}")
+        args.width = float(cfg.get("width", args.width))
     if args.model == "uvreg":
         return export_uvreg(args, [Path(m) for m in args.soup] if args.soup else ckpt)
     model = build_model(args.model, args.width)
