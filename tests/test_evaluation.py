@@ -49,6 +49,25 @@ def test_nme_zero_on_real_ground_truth(aflw):
     np.testing.assert_array_equal(ev.nme_3d(gt, gt), 0.0)
 
 
+def test_nme_by_part_adds_up_and_isolates_a_part(aflw):
+    """Parts weighted by their landmark counts give the 68-point NME exactly; moving only the mouth
+    leaves every other part at zero and the mouth at the known shift over the GT box."""
+    gt = np.load(aflw / "3ddfa_test_configs" / "AFLW2000-3D.pts68.npy")[:50].astype(np.float64)  # (n, 3, 68)
+    rng = np.random.default_rng(0)
+    pred = np.swapaxes(gt, 1, 2) + rng.normal(0, 3, (50, 68, 3))
+    parts = ev.nme_by_part(pred, gt)
+    counts = {k: b - a for k, (a, b) in ev.FACE_PARTS.items()}
+    spans = sorted(ev.FACE_PARTS.values())  # contiguous, covering 0..67 once
+    assert spans[0][0] == 0 and spans[-1][1] == 68 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    weighted = sum(counts[k] * v for k, v in parts.items()) / 68
+    np.testing.assert_allclose(weighted, ev.nme(pred, gt), rtol=1e-12)
+    mouth = np.swapaxes(gt, 1, 2).copy()
+    mouth[:, 48:68, 0] += 4.0
+    parts = ev.nme_by_part(mouth, gt)
+    for k, v in parts.items():
+        np.testing.assert_allclose(v, 4.0 / ev.gt_box_size(gt) if k == "mouth" else 0.0, rtol=1e-12)
+
+
 def test_nme_known_shift():
     """Every point moved by (3, 4) px: error 5 px, box 100×200 → 5 / sqrt(20000)."""
     g = _box_points(100, 200)
@@ -337,6 +356,12 @@ def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
     assert (out / "results.md").is_file() and (out / "ced.png").stat().st_size > 1000
     assert "pose MAE by GT yaw" in (out / "results.md").read_text()
     assert "rotation error (geodesic" in (out / "results.md").read_text()
+    assert "2D NME by face part" in (out / "results.md").read_text()
+    for crop in ("gt", "detector"):
+        r = res["results"][crop]
+        w = {"jaw": 17, "brows": 10, "nose": 9, "eyes": 12, "mouth": 20}
+        weighted = sum(w[k] * v["all"] for k, v in r["nme2d_by_part"].items()) / 68
+        assert abs(weighted - r["nme2d"]["all"]) < 1e-9
     import csv
 
     rows = [r for r in csv.DictReader(open(out / "per_image.csv")) if r["crop"] == "gt"]

@@ -359,6 +359,10 @@ def score(ds: Dataset, run: Run) -> dict:
     if hit.any():
         e2[hit] = ev.nme(run.pred[hit], ds.gt[hit])
         e3[hit] = ev.nme_3d(run.pred[hit], ds.gt3d[hit])
+    parts = {k: np.full(len(hit), np.nan) for k in ev.FACE_PARTS}
+    if hit.any():
+        for k, v in ev.nme_by_part(run.pred[hit], ds.gt[hit]).items():
+            parts[k][hit] = v
     ours_aflw = ev.to_aflw_angles(run.angles)
     keep = ev.fsanet_mask(ds.pose)
     profile = np.abs(ds.pose[:, 1]) > 60
@@ -368,6 +372,7 @@ def score(ds: Dataset, run: Run) -> dict:
     out = {
         "nme2d": ev.summarize(e2, ds.yaw, hit),
         "nme3d": ev.summarize(e3, ds.yaw, hit),
+        "nme2d_by_part": {k: ev.summarize(v, ds.yaw, hit) for k, v in parts.items()},
         "nme3d_vs": "original pt3d_68 (the only 3D ground truth)",
         "pose_fsanet": ev.pose_mae(ours_aflw, ds.pose, hit & keep),
         "pose_all": ev.pose_mae(ours_aflw, ds.pose, hit),
@@ -471,10 +476,18 @@ def write_reports(out: Path, results: dict, meta: dict, ds: Dataset, label: str)
         f"- {crop} crop, rotation error (geodesic, FSA-Net images; immune to the Euler gimbal near 90 deg "
         f"yaw): all {_f(e['all'])}, |yaw| <= 60 {_f(e['le60'])}, |yaw| > 60 {_f(e['gt60'])} deg"
         for crop, r in results.items() for e in [r["rotation_error_by_yaw"]])
+    parts = "\n".join(
+        f"| {crop} | {part} | {_f(v['all'], 3)} | " + " | ".join(_f(b, 3) for b in v["bins"])
+        + f" | {_f(v['bin_mean'], 3)} |"
+        for crop, r in results.items() for part, v in r["nme2d_by_part"].items())
+    parts = ("2D NME by face part (each part's mean point error on the whole face's normaliser, so the "
+             "parts weighted by their landmark counts, 17/10/9/12/20, add up to the 68-point figure):\n\n"
+             "| crop | part | all | [0,30] | (30,60] | (60,90] | bin mean |\n|---|---|---|---|---|---|---|\n"
+             + parts)
     gt_kind = ("3DDFA's re-annotated 2D 68 points (crop and 2D NME; 3D NME vs original pt3d_68)"
                if ds.landmarks == "reannotated" else "original AFLW2000-3D pt3d_68")
     text = (f"# AFLW2000-3D: {label}\n\n{len(ds.files)} images; ground truth: {gt_kind}.\n\n"
-            f"{md}\n\n{pose_all}\n\n"
+            f"{md}\n\n{pose_all}\n\n{parts}\n\n"
             + "\n".join(f"- {n}" for n in NOTES)
             + f"\n\nReproduce:\n\n```\n{meta['command']}\n```\n")
     (out / "results.md").write_text(text)
