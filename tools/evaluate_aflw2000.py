@@ -356,11 +356,10 @@ def score(ds: Dataset, run: Run) -> dict:
     hit = np.all(np.isfinite(run.pred[:, :, :2]), axis=(1, 2))
     e2 = np.full(len(hit), np.nan)
     e3 = np.full(len(hit), np.nan)
+    parts = {k: np.full(len(hit), np.nan) for k in ev.FACE_PARTS}
     if hit.any():
         e2[hit] = ev.nme(run.pred[hit], ds.gt[hit])
         e3[hit] = ev.nme_3d(run.pred[hit], ds.gt3d[hit])
-    parts = {k: np.full(len(hit), np.nan) for k in ev.FACE_PARTS}
-    if hit.any():
         for k, v in ev.nme_by_part(run.pred[hit], ds.gt[hit]).items():
             parts[k][hit] = v
     ours_aflw = ev.to_aflw_angles(run.angles)
