@@ -199,6 +199,20 @@ def test_loss_weights_follow_paper_ratio(assets, basis):
     assert (w == 4).sum() > 10000  # eyes, nose, mouth
 
 
+def test_landmark_weight_moves_only_the_68_points(assets, basis):
+    from realtime_prn.training import trainer as trainer_mod
+    paper = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered)
+    heavy = trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, basis[0].covered, 640.0)
+    kpt = np.zeros(paper.shape, bool)
+    kpt[assets.kpt_ind[1], assets.kpt_ind[0]] = True
+    assert np.all(heavy[kpt] == 640) and np.array_equal(heavy[~kpt], paper[~kpt])
+    # at PRN's 16 the 68 points are under 1 % of the loss; at 640 about a quarter
+    assert paper[kpt].sum() / paper.sum() < 0.01
+    assert 0.2 < heavy[kpt].sum() / heavy.sum() < 0.3
+    with pytest.raises(ValueError, match="landmark weight"):
+        trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, landmark=0.0)
+
+
 def test_split_by_group_is_disjoint_and_seeded():
     from realtime_prn.training import trainer as trainer_mod
     groups = np.array([f"g{i // 3}" for i in range(300)] + [f"s{i}" for i in range(200)])
