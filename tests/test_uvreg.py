@@ -614,6 +614,12 @@ def test_validate_onnx_takes_a_release_npz_and_rejects_other_files(tmp_path, tra
     assert train_tool.main(split + ["--out", str(tmp_path), "--validate-onnx", str(release_file())]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["val_score"] == ref["val_score"] and got["n_val"] == ref["n_val"]
+    # the parts, weighted by their point counts, add up to the 68-point figure
+    from realtime_prn.evaluation import FACE_PARTS
+    parts = got["val_nme68_by_part"]
+    assert set(parts) == set(FACE_PARTS) and min(parts.values()) > 0
+    summed = sum(parts[k] * (b - a) for k, (a, b) in FACE_PARTS.items()) / 68
+    assert summed == pytest.approx(got["val_nme68"], rel=1e-5)
     bad = tmp_path / "notes.onnx"
     bad.write_text("not a model")
     assert train_tool.main(split + ["--out", str(tmp_path), "--validate-onnx", str(bad)]) != 0
