@@ -213,6 +213,25 @@ def test_landmark_weight_moves_only_the_68_points(assets, basis):
         trainer_mod.loss_weights(assets.weight_mask, assets.face_mask, landmark=0.0)
 
 
+def test_jaw_weight_sets_the_17_jaw_points_apart(assets, basis):
+    from realtime_prn.training import trainer as trainer_mod
+    args = (assets.weight_mask, assets.face_mask, basis[0].covered)
+    inner = trainer_mod.loss_weights(*args, 640.0, jaw=16.0, kpt_ind=assets.kpt_ind)
+    heavy = trainer_mod.loss_weights(*args, 640.0)
+    jaw = np.zeros(inner.shape, bool)
+    jaw[assets.kpt_ind[1, :17], assets.kpt_ind[0, :17]] = True
+    rest = np.zeros(inner.shape, bool)
+    rest[assets.kpt_ind[1, 17:], assets.kpt_ind[0, 17:]] = True
+    assert not (jaw & rest).any()  # the 68 points sit on 68 distinct pixels
+    covered_jaw = jaw & (heavy > 0)
+    assert covered_jaw.sum() == 17 and np.all(inner[covered_jaw] == 16)
+    assert np.array_equal(inner[~jaw], heavy[~jaw])  # inner 51 points and the face untouched
+    with pytest.raises(ValueError, match="kpt_ind"):
+        trainer_mod.loss_weights(*args, 640.0, jaw=16.0)
+    with pytest.raises(ValueError, match="jaw weight"):
+        trainer_mod.loss_weights(*args, 640.0, jaw=-1.0, kpt_ind=assets.kpt_ind)
+
+
 def test_split_by_group_is_disjoint_and_seeded():
     from realtime_prn.training import trainer as trainer_mod
     groups = np.array([f"g{i // 3}" for i in range(300)] + [f"s{i}" for i in range(200)])

@@ -733,11 +733,12 @@ def test_init_with_a_wrong_file_is_one_clear_error(tmp_path, train_tool, capsys,
     assert not (tmp_path / "last.npz").exists()
 
 
-def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
+def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool, capsys):
     """--resume of a run started with --init needs neither --width nor --init again: the network is
     rebuilt at the checkpoint's width (the release's 0.75, not the default 1.0) and the run still
     records the release it started from, by name and sha256, into the release it exports (so the
-    lineage survives the init file being removed from the repo)."""
+    lineage survives the init file being removed from the repo). A resume with other landmark
+    weights trains on another loss: allowed, but said, and the export records the weights."""
     import json
 
     pytest.importorskip("tensorflow")
@@ -746,8 +747,12 @@ def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
 
     common = ["--model", "uvreg", "--limit", "40", "--val-fraction", "0.5", "--out", str(tmp_path),
               "--batch", "8", "--bn-batches", "0", "--ckpt-every", "1", "--val-every", "1"]
-    assert train_tool.main(common + ["--init", str(release_file()), "--steps", "1"]) == 0
-    assert train_tool.main(common + ["--resume", "--steps", "2"]) == 0
+    assert train_tool.main(common + ["--init", str(release_file()), "--steps", "1",
+                                     "--landmark-weight", "640", "--jaw-landmark-weight", "16"]) == 0
+    capsys.readouterr()
+    assert train_tool.main(common + ["--resume", "--steps", "2", "--landmark-weight", "640"]) == 0
+    assert "resumed with other data or loss than the checkpoint's: jaw_landmark_weight 16.0 -> None" \
+        in capsys.readouterr().out
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [r["step"] for r in hist["val"]] == [0, 1, 2]
     assert hist["config"]["init"] == str(release_file()) and hist["config"]["width"] == 0.75
@@ -757,6 +762,7 @@ def test_resumed_init_run_keeps_its_width_and_lineage(tmp_path, train_tool):
                             "--release", str(rel)]) == 0
     entry = json.loads((rel.parent / "manifest.json").read_text())["uvreg"]
     assert (entry["init_from"], entry["init_sha256"]) == (release_file().name, sha256_file(release_file()))
+    assert (entry["landmark_weight"], entry["jaw_landmark_weight"]) == (640.0, None)
 
 
 def test_backgrounds_fill_only_the_padding_from_donors(decoder, labelled):

@@ -146,7 +146,8 @@ def benchmark(args: argparse.Namespace) -> int:
         with dtype_policy(args.precision):
             model = build_backbone(args.width, requested_stages(args))
         dec = PosmapDecoder()
-        w = loss_weights(a.weight_mask, a.face_mask, dec.covered, args.landmark_weight)  # as training
+        w = loss_weights(a.weight_mask, a.face_mask, dec.covered, args.landmark_weight,  # as training
+                         args.jaw_landmark_weight, a.kpt_ind)
         extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
                                       np.ones(N_PARAMS, np.float32))
         x = rng.uniform(-1, 1, (args.batch, INPUT, INPUT, 3)).astype(np.float32)
@@ -231,6 +232,7 @@ def _release_record(state: dict, checkpoint: str) -> dict:
     return {"step": state["step"], "checkpoint": checkpoint,
             "trained_precision": cfg.get("precision", "fp32"),
             "landmark_weight": cfg.get("landmark_weight", 16.0),
+            "jaw_landmark_weight": cfg.get("jaw_landmark_weight"),
             "val_nme68_vs_teacher": val.get("val_nme68"),
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **_init_record(cfg),
@@ -468,6 +470,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="loss weight of the 68 landmark pixels (PRN's 16, beside eyes/nose/mouth 4 and "
                         "face 3: the 68 points then carry 0.76 %% of the loss); larger fits the landmarks, "
                         "which every NME measures, at some cost to the dense face")
+    p.add_argument("--jaw-landmark-weight", type=float, default=None, metavar="W",
+                   help="the 17 jaw-line points' weight, apart from --landmark-weight's (default: the same); "
+                        "e.g. --landmark-weight 640 --jaw-landmark-weight 16 weighs only the 51 inner points")
     p.add_argument("--synth-method", default="warp", choices=SYNTH_METHODS,
                    help="uvreg: how faces are turned: warp = the whole image as one mesh (300W-LP style), "
                         "paste = the face alone over a blurred original (the v1/v2 bank)")
@@ -644,7 +649,8 @@ def _main(args: argparse.Namespace) -> int:
                                          yaw=args.yaw_prob > 0)
     print(f"split by group (seed {args.seed}): {info}")
     a = load_assets(args.data)
-    w = loss_weights(a.weight_mask, a.face_mask, train.decoder.covered, args.landmark_weight)
+    w = loss_weights(a.weight_mask, a.face_mask, train.decoder.covered, args.landmark_weight,
+                     args.jaw_landmark_weight, a.kpt_ind)
     if args.validate_onnx:
         return validate_onnx(args, val, a, w)
 
@@ -682,9 +688,10 @@ def _main(args: argparse.Namespace) -> int:
             trainer.state.best_nme, trainer.state.best_step = float("inf"), -1
         changed = [f"{k} {trainer.state.config[k]} -> {v}" for k, v in info.items()
                    if k in trainer.state.config and trainer.state.config[k] != v]
-        was_lw = trainer.state.config.get("landmark_weight", 16.0)
-        if was_lw != args.landmark_weight:  # a different loss from here on: allowed, not silently
-            changed.append(f"landmark_weight {was_lw} -> {args.landmark_weight}")
+        for key, default in (("landmark_weight", 16.0), ("jaw_landmark_weight", None)):
+            before, now = trainer.state.config.get(key, default), getattr(args, key)
+            if before != now:  # a different loss from here on: allowed, not silently
+                changed.append(f"{key} {before} -> {now}")
         was = trainer.state.config.get("precision", "fp32")
         if was != args.precision:  # allowed (the weights are fp32 either way), but not silently
             print(f"resumed in {args.precision}; the checkpoint trained in {was} "
@@ -701,6 +708,7 @@ def _main(args: argparse.Namespace) -> int:
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
                             "halve_every_steps": halve, "warmup_steps": args.warmup, "seed": args.seed,
                             "landmark_weight": args.landmark_weight,
+                            "jaw_landmark_weight": args.jaw_landmark_weight,
                             "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
                             "precision": args.precision, "jit": args.jit, "init": init,

@@ -31,17 +31,25 @@ CKPT_VERSION = 1
 
 
 def loss_weights(weight_mask: np.ndarray, face_mask: np.ndarray,
-                 covered: np.ndarray | None = None, landmark: float = 16.0) -> np.ndarray:
+                 covered: np.ndarray | None = None, landmark: float = 16.0,
+                 jaw: float | None = None, kpt_ind: np.ndarray | None = None) -> np.ndarray:
     """PRN's 16:4:3:0 weights from ``uv_weight_mask`` levels (see the module docstring).
 
     ``landmark`` replaces the 16 of the 68 landmark pixels: at 16 they carry 0.76 % of the summed
     weight (68 pixels against ~44k face pixels), so the dense face, not the 68 points every NME is
-    measured on, decides the fit; a larger value trades dense fit for landmark fit.
+    measured on, decides the fit; a larger value trades dense fit for landmark fit. ``jaw`` (with
+    ``kpt_ind``) gives the 17 jaw-line points their own weight: a heavy weight on all 68 pulled the
+    jaw line onto the teacher's on our faces but away from AFLW2000-3D's, while the inner points gained.
     """
-    if not landmark > 0:
-        raise ValueError(f"landmark weight must be > 0, got {landmark}")
+    for name, v in (("landmark", landmark), ("jaw", jaw)):
+        if v is not None and not v > 0:
+            raise ValueError(f"{name} weight must be > 0, got {v}")
     level = np.rint(np.asarray(weight_mask, np.float64) * 255.0)
     w = np.where(level >= 200, float(landmark), np.where(level >= 64, 4.0, 3.0))
+    if jaw is not None:
+        if kpt_ind is None:
+            raise ValueError("a jaw weight needs kpt_ind (the 68 points' UV pixels)")
+        w[kpt_ind[1, :17], kpt_ind[0, :17]] = float(jaw)
     w = np.where(face_mask, w, 0.0)
     if covered is not None:
         w = np.where(covered, w, 0.0)
