@@ -834,6 +834,45 @@ def test_max_padding_on_the_corpus_records_its_sources_or_says_none_qualify():
         make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), synth=3, synth_max_padding=0.0)
 
 
+def test_turned_faces_bank_is_reloaded_on_the_same_inputs_and_rebuilt_on_others(tmp_path, monkeypatch):
+    """train.py keeps the turned faces on disk (a --resume started with 5-11 minutes of synthesis):
+    the same inputs reload exactly what synthesis made, without synthesising; another data seed
+    gets its own bank; a damaged bank is rebuilt, not trusted; beyond the budget the least
+    recently used bank goes and the one in use stays."""
+    import realtime_prn.training.uvreg_data as ud
+    from realtime_prn.training.augment import AugmentConfig
+    from realtime_prn.training.datasets import make_uvreg_datasets
+    from realtime_prn.training.labels import build_labels
+    from realtime_prn.training.synth_bank import evict
+
+    labels, _, _ = build_labels(40)
+    kw = dict(synth=3, val_synth=2, backgrounds=True)
+    plain, plain_val, _ = make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), **kw)
+    first, _, _ = make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), bank_dir=tmp_path, **kw)
+    banks = sorted(tmp_path.glob("synth-*.npz"))
+    assert len(banks) == 2  # training (3 faces) and validation (2)
+    real_synthesis = ud.synthesise_large_poses
+
+    def refuse(*a, **k):
+        raise AssertionError("synthesised although a bank of these inputs was on disk")
+
+    monkeypatch.setattr(ud, "synthesise_large_poses", refuse)
+    again, again_val, _ = make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), bank_dir=tmp_path, **kw)
+    for a, b in ((plain, first), (plain, again), (plain_val, again_val)):
+        assert np.array_equal(a.cache, b.cache) and np.array_equal(a.q_cache, b.q_cache)
+    with pytest.raises(AssertionError, match="synthesised"):  # new inputs are not served a stale bank
+        make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), bank_dir=tmp_path, data_seed=1, **kw)
+    monkeypatch.setattr(ud, "synthesise_large_poses", real_synthesis)
+    make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), bank_dir=tmp_path, data_seed=1, **kw)
+    assert len(list(tmp_path.glob("synth-*.npz"))) == 3  # the validation bank is shared
+    train_bank = max(banks, key=lambda p: p.stat().st_size)
+    train_bank.write_bytes(b"not a bank")
+    rebuilt, _, _ = make_uvreg_datasets(labels, 0, 0.5, 300, AugmentConfig(), bank_dir=tmp_path, **kw)
+    assert np.array_equal(rebuilt.cache, plain.cache) and train_bank.stat().st_size > 1000
+    gone = evict(tmp_path, train_bank, budget=train_bank.stat().st_size)
+    assert sorted(tmp_path.glob("synth-*.npz")) == [train_bank] and len(gone) == 2
+
+
 # ------------------------------------------------------------------------- flip augmentation
 
 

@@ -466,6 +466,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="uvreg: turn only faces whose plain 256 crop is at most this share padding (0-1; "
                         "tight corpus crops turned show a pasted square and a donor's head behind it); "
                         "default: any face, as v1-v23")
+    p.add_argument("--no-synth-cache", action="store_true",
+                   help="uvreg: synthesise the turned faces afresh instead of keeping them in engines/train/ "
+                        "(a --resume with the same data args reloads them in seconds; ~3.7 GB per 12,000 "
+                        "faces, the oldest removed beyond 8 GiB)")
     p.add_argument("--landmark-weight", type=float, default=16.0, metavar="W",
                    help="loss weight of the 68 landmark pixels (PRN's 16, beside eyes/nose/mouth 4 and "
                         "face 3: the 68 points then carry 0.76 %% of the loss); larger fits the landmarks, "
@@ -643,7 +647,8 @@ def _main(args: argparse.Namespace) -> int:
                                                args.data, args.synth, args.val_synth, tuple(args.synth_deg),
                                                args.synth_method, args.recrop, args.synth_pitch,
                                                args.backgrounds, args.data_seed, mirrored,
-                                               args.synth_source_bias, args.synth_max_padding)
+                                               args.synth_source_bias, args.synth_max_padding,
+                                               None if args.no_synth_cache else engines_dir() / "train")
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)

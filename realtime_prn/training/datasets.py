@@ -8,6 +8,7 @@ the loop is shared.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -105,8 +106,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                         synth_deg: tuple[float, float] = SYNTH_DEG, synth_method: str = "warp",
                         recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False,
                         data_seed: int | None = None, mirrored: object | None = None,
-                        synth_source_bias: float = 0.0, synth_max_padding: float | None = None
-                        ) -> tuple[object, object, dict]:
+                        synth_source_bias: float = 0.0, synth_max_padding: float | None = None,
+                        bank_dir: str | os.PathLike | None = None) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups);
@@ -125,10 +126,13 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     (:func:`uvreg_data.source_weights`); the validation bank stays uniform, so scores compare.
     ``synth_max_padding`` (a share, None = any): the training bank turns only faces whose plain crop
     is at most that much padding (:func:`uvreg_data.crop_padding`: real context round the head, no
-    pasted square); the validation bank is unchanged, so scores compare."""
+    pasted square); the validation bank is unchanged, so scores compare. ``bank_dir``: keep the
+    turned faces there and reload them when the same inputs come again (a ``--resume``; see
+    :mod:`training.synth_bank`); None synthesises every time."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
+    from realtime_prn.training.synth_bank import cached_large_poses
     from realtime_prn.training.uvreg_data import LabelMirror, UVRegData, build_cache, synthesise_large_poses
 
     tr, va, info, loader = split_corpus(labels, seed, val_fraction, val_max, data_root)
@@ -171,9 +175,12 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                 if not sources.any():
                     raise ValueError(f"no training face has at most {max_padding:.0%} padding to turn "
                                      f"(least: {padding.min():.0%}); raise --synth-max-padding")
-            c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, min_deg=synth_deg[0],
-                                            max_deg=synth_deg[1], method=synth_method, recrop=recrop,
-                                            pitch_deg=synth_pitch, source_bias_deg=bias, sources=sources)
+            kw = dict(min_deg=synth_deg[0], max_deg=synth_deg[1], method=synth_method, recrop=recrop,
+                      pitch_deg=synth_pitch, source_bias_deg=bias, sources=sources)
+            if bank_dir is None:
+                c2, q2 = synthesise_large_poses(cache, q, dec, n_turned, s, **kw)
+            else:
+                c2, q2 = cached_large_poses(bank_dir, cache, q, dec, n_turned, s, **kw)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
         return UVRegData(cache, q, dec, c, aug_seed, turned, mirror)
