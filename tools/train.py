@@ -123,6 +123,13 @@ def set_threads(n: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def run_loss_weights(args: argparse.Namespace, assets: object,
+                     covered: np.ndarray | None = None) -> np.ndarray:
+    """The loss weights a run's flags ask for: one place, so --benchmark times training's loss."""
+    return loss_weights(assets.weight_mask, assets.face_mask, covered, args.landmark_weight,
+                        args.jaw_landmark_weight, assets.kpt_ind)
+
+
 def benchmark(args: argparse.Namespace) -> int:
     """img/s of the training step on random tensors for --model/--precision/--jit (no data loading).
 
@@ -136,7 +143,7 @@ def benchmark(args: argparse.Namespace) -> int:
 
     keras.utils.set_random_seed(0)
     a = load_assets()
-    w = loss_weights(a.weight_mask, a.face_mask)
+    w = run_loss_weights(args, a)
     rng = np.random.default_rng(0)
     extra: dict = {}
     if args.model == "uvreg":
@@ -146,8 +153,7 @@ def benchmark(args: argparse.Namespace) -> int:
         with dtype_policy(args.precision):
             model = build_backbone(args.width, requested_stages(args))
         dec = PosmapDecoder()
-        w = loss_weights(a.weight_mask, a.face_mask, dec.covered, args.landmark_weight,  # as training
-                         args.jaw_landmark_weight, a.kpt_ind)
+        w = run_loss_weights(args, a, dec.covered)
         extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
                                       np.ones(N_PARAMS, np.float32))
         x = rng.uniform(-1, 1, (args.batch, INPUT, INPUT, 3)).astype(np.float32)
@@ -654,8 +660,7 @@ def _main(args: argparse.Namespace) -> int:
                                          yaw=args.yaw_prob > 0)
     print(f"split by group (seed {args.seed}): {info}")
     a = load_assets(args.data)
-    w = loss_weights(a.weight_mask, a.face_mask, train.decoder.covered, args.landmark_weight,
-                     args.jaw_landmark_weight, a.kpt_ind)
+    w = run_loss_weights(args, a, train.decoder.covered)
     if args.validate_onnx:
         return validate_onnx(args, val, a, w)
 

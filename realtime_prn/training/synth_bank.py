@@ -31,7 +31,8 @@ PREFIX = "synth-"
 
 def bank_key(cache: np.ndarray, q: np.ndarray, n: int, seed: int, sources: np.ndarray | None,
              **kwargs: object) -> str:
-    """Content hash of a bank's inputs (~3 s for 8,000 cache images: nothing next to synthesis)."""
+    """Content hash of a bank's inputs (3.6 s for the corpus' 7,707 cache images on 2 AVX2 cores:
+    little next to 11 minutes of synthesis)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{BANK_VERSION}|{n}|{seed}|{sorted(kwargs.items())!r}|{cache.shape}|{q.shape}".encode())
     h.update(memoryview(np.ascontiguousarray(cache)).cast("B"))
