@@ -135,7 +135,7 @@ def keras_model(spec: WeightsSpec, data_root=None):
     if spec.kind == "uvreg":
         from .network.uvreg import build_uvreg_model, load_weights
         try:
-            backbone, p_mean, p_std, _ = load_weights(spec.path)
+            backbone, p_mean, p_std, _ = load_weights(spec.path, data_root)
         except (ValueError, OSError) as exc:
             raise WeightsError(str(exc)) from None
         return build_uvreg_model(backbone, p_mean, p_std, data_root)

@@ -78,6 +78,9 @@ from realtime_prn.training.trainer import (  # noqa: E402
 )
 from realtime_prn.training.uvreg_data import SYNTH_DEG, SYNTH_METHODS  # noqa: E402
 
+#: ``--init teacher``: fine-tune 3DDFA_V2's mb05 itself (network and weights) instead of a release
+TEACHER_INIT = "teacher"
+
 
 @contextlib.contextmanager
 def dtype_policy(precision: str):
@@ -106,6 +109,29 @@ def native_bf16(cpuinfo: str | None = None) -> bool | None:
         if line.startswith("flags"):
             return bool({"avx512_bf16", "amx_bf16"} & set(line.partition(":")[2].split()))
     return None
+
+
+def freeze_batchnorm(model: object) -> int:
+    """Put every BatchNorm layer of ``model`` in inference mode, its statistics and affine fixed;
+    returns how many.
+
+    Why: the teacher's statistics were measured on its own training data; batch statistics of this
+    corpus' augmented crops are not what its later layers expect (measured on 16 held-out faces:
+    recalibrating them on 12 augmented batches moved its NME68 against its own labels 1.08 -> 4.35 %).
+    Keras runs a non-trainable BatchNorm in inference mode even when called with ``training=True``.
+    """
+    import keras
+
+    bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    for la in bns:
+        la.trainable = False
+    return len(bns)
+
+
+def requested_arch(args: argparse.Namespace) -> str:
+    """The uvreg backbone a new run trains: the teacher's mb05 with ``--init teacher``, else resnet
+    (a release given to ``--init`` brings its own)."""
+    return "mb05" if args.init == TEACHER_INIT else "resnet"
 
 
 def requested_stages(args: argparse.Namespace) -> tuple:
@@ -151,7 +177,7 @@ def benchmark(args: argparse.Namespace) -> int:
         from realtime_prn.training.labels import PosmapDecoder
 
         with dtype_policy(args.precision):
-            model = build_backbone(args.width, requested_stages(args))
+            model = build_backbone(args.width, requested_stages(args), requested_arch(args))
         dec = PosmapDecoder()
         w = run_loss_weights(args, a, dec.covered)
         extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
@@ -245,6 +271,17 @@ def _release_record(state: dict, checkpoint: str) -> dict:
             "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg}}
 
 
+def init_sha256(args: argparse.Namespace) -> str | None:
+    """The sha256 of what ``--init`` names: a release file, or the teacher's weights file."""
+    if not args.init:
+        return None
+    if args.init == TEACHER_INIT:
+        from realtime_prn.paths import data_file
+
+        return sha256_file(data_file("train", "tddfa_v2", "mb05_120x120.npz", override=args.data))
+    return sha256_file(Path(args.init))
+
+
 def _init_record(cfg: dict) -> dict:
     """The release a fine-tune started from: its name and sha256.
 
@@ -256,10 +293,12 @@ def _init_record(cfg: dict) -> dict:
     if not init:
         return {}
     digest = cfg.get("init_sha256") or (sha256_file(Path(init)) if Path(init).is_file() else None)
-    return {"init_from": Path(init).name, **({"init_sha256": digest} if digest else {})}
+    name = "3DDFA_V2 mb05_120x120 (the teacher)" if init == TEACHER_INIT else Path(init).name
+    return {"init_from": name, **({"init_sha256": digest} if digest else {})}
 
 
-def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], dict]:
+def _soup_member(path: Path, checkpoint: str, data_root: str | None = None
+                 ) -> tuple[dict, list[np.ndarray], dict]:
     """(network config, weights, record) of one soup member: a run directory's checkpoint, or a
     release file.
 
@@ -276,18 +315,20 @@ def _soup_member(path: Path, checkpoint: str) -> tuple[dict, list[np.ndarray], d
     else:
         if not path.is_file():
             raise FileNotFoundError(f"--soup: no release file at {path}")
-        backbone, p_mean, p_std, meta = load_weights(path)  # the release format's one reader
+        backbone, p_mean, p_std, meta = load_weights(path, data_root)  # the release format's one reader
         weights = [np.asarray(v, np.float32) for v in backbone.weights]
         cfg = {**meta, "p_mean": p_mean, "p_std": p_std}
-        shared = ("model", "width", "stages", "labels", "trained_by")
+        shared = ("model", "arch", "width", "stages", "labels", "trained_by")
         record = {"release": path.name, "sha256": sha256_file(path),
                   **{k: v for k, v in meta.items() if k not in shared}}
-    net = {"width": float(cfg["width"]), "stages": [list(x) for x in cfg.get("stages", STAGES)],
+    net = {"arch": cfg.get("arch", "resnet"), "width": float(cfg["width"]),
+           "stages": [list(x) for x in cfg.get("stages", STAGES)],
            "p_mean": np.asarray(cfg["p_mean"], np.float32), "p_std": np.asarray(cfg["p_std"], np.float32)}
     return net, weights, record
 
 
-def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[float] | None = None
+def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[float] | None = None,
+                 data_root: str | None = None
                  ) -> tuple[list[np.ndarray], dict, list[dict]]:
     """The (weighted) average of uvreg runs' weights: (weights, network config, each member's record).
 
@@ -298,11 +339,11 @@ def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[flo
     ``shares`` weight the members (default equal), so a release that is already the mean of N runs
     can join with weight N.
     """
-    nets, weights, records = zip(*(_soup_member(m, checkpoint) for m in members))
+    nets, weights, records = zip(*(_soup_member(m, checkpoint, data_root) for m in members))
     shares = [1.0] * len(members) if shares is None else [float(x) for x in shares]
     ref = nets[0]
     for m, net, w in zip(members[1:], nets[1:], weights[1:]):
-        for key in ("width", "stages", "p_mean", "p_std"):
+        for key in ("arch", "width", "stages", "p_mean", "p_std"):
             if not np.array_equal(np.asarray(net[key]), np.asarray(ref[key])):
                 what = key.replace("_", " ")
                 raise ValueError(f"cannot average {m} with {members[0]}: their {what} differ "
@@ -327,17 +368,18 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     from realtime_prn.weights import MODELS_DIR, UVREG_RELEASE
 
     if isinstance(ckpt, list):  # a soup: each member's own record (a soup has no validation of its own)
-        weights, net, records = soup_weights(ckpt, args.checkpoint, args.soup_weights)
+        weights, net, records = soup_weights(ckpt, args.checkpoint, args.soup_weights, args.data)
         width, stages, p_mean, p_std = net["width"], net["stages"], net["p_mean"], net["p_std"]
+        arch = net["arch"]
         record = {"soup": records}
     else:
         state, weights = _uvreg_checkpoint(ckpt)
         cfg = state["config"]
-        width, stages = cfg["width"], cfg.get("stages", STAGES)
+        width, stages, arch = cfg["width"], cfg.get("stages", STAGES), cfg.get("arch", "resnet")
         p_mean, p_std = np.asarray(cfg["p_mean"]), np.asarray(cfg["p_std"])
         record = _release_record(state, args.checkpoint)
     stages = tuple(tuple(x) for x in stages)
-    backbone = build_backbone(width, stages)
+    backbone = build_backbone(width, stages, arch)
     for v, w in zip(backbone.weights, weights):
         v.assign(w)
     manifest_path = (Path(args.manifest) if args.manifest
@@ -347,10 +389,10 @@ def export_uvreg(args: argparse.Namespace, ckpt: Path | list[Path]) -> int:
     # default: replace the current release file (a new release gets a new name via --release)
     dest = Path(args.release) if args.release else MODELS_DIR / (previous or f"{UVREG_RELEASE}-v1.npz")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": "uvreg", "width": width, "stages": [list(x) for x in stages],
+    meta = {"model": "uvreg", "arch": arch, "width": width, "stages": [list(x) for x in stages],
             "labels": "3DDFA_V2 mb05 teacher on shared/train/faces (8,007 real faces)",
             "trained_by": "tools/train.py --model uvreg", **record}
-    save_weights(dest, backbone, p_mean, p_std, meta)
+    save_weights(dest, backbone, p_mean, p_std, meta, args.data)
     manifest[UVREG_RELEASE] = {"file": dest.name, "sha256": sha256_file(dest),
                                "bytes": dest.stat().st_size, **meta}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
@@ -492,10 +534,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, nargs="+", default=None, metavar="N",
                    help="uvreg: residual blocks per stage (default 0 1 1 1 1); with --init, more blocks than "
                         "the release's deepen it exactly (the added blocks start as identities)")
-    p.add_argument("--init", default=None, metavar="RELEASE",
+    p.add_argument("--init", default=None, metavar="RELEASE|teacher",
                    help="uvreg: start from a release file's weights and output scale (e.g. "
                         "the committed realtime_prn/models/uvreg-v*.npz) with a fresh optimiser; "
-                        "a fine-tune, not --resume")
+                        "a fine-tune, not --resume. 'teacher': start from 3DDFA_V2's mb05 teacher itself "
+                        "(its network and weights, the mb05 backbone; train it in fp32 without --jit, "
+                        "XLA's depthwise convolutions are ~8x slower)")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="uvreg: keep every BatchNorm in inference mode with its statistics as they are "
+                        "(and no --bn-batches recalibration): for fine-tuning the teacher, whose statistics "
+                        "come from its own training data")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true",
@@ -567,13 +615,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
-    """The backbone to train, its stages and output statistics: a resumed run's own, a release's
-    (``--init``, deepened to ``--blocks`` when asked), or fresh ones from the training labels.
+    """The backbone to train, its architecture, stages and output statistics: a resumed run's own, a
+    release's (``--init``, deepened to ``--blocks`` when asked), the teacher's (``--init teacher``,
+    statistics from the training labels) or fresh ones from the training labels.
 
     Output scale, width and stages are part of the weights, so a resume takes them from its
     checkpoint, never from the command line.
     """
-    from realtime_prn.network.uvreg import STAGES, build_backbone, load_weights
+    from realtime_prn.network.uvreg import STAGES, build_backbone, load_weights, teacher_backbone
     from realtime_prn.training.uvreg_data import param_stats
 
     stages = requested_stages(args)
@@ -582,10 +631,19 @@ def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
             ck = json.loads(str(z["state"]))["config"]
         args.width = float(ck.get("width", args.width))
         stages = tuple(tuple(x) for x in ck.get("stages", STAGES))
-        return (build_backbone(args.width, stages), stages, np.asarray(ck["p_mean"], np.float32),
+        arch = ck.get("arch", "resnet")
+        args.freeze_bn = bool(ck.get("freeze_bn", False))  # the optimiser's variables depend on it
+        return (build_backbone(args.width, stages, arch), arch, stages, np.asarray(ck["p_mean"], np.float32),
                 np.asarray(ck["p_std"], np.float32))
+    if args.init == TEACHER_INIT and not args.resume:
+        if args.blocks:
+            raise ValueError("--blocks deepens our resnet; the teacher's mb05 has its own fixed shape")
+        p_mean, p_std = param_stats(train)
+        print("initialised from the teacher (3DDFA_V2 mb05, its head folded into these output statistics); "
+              "fresh optimiser")
+        return teacher_backbone(p_mean, p_std, args.data), "mb05", STAGES, p_mean, p_std
     if not args.init or args.resume:  # fresh (a --resume without a checkpoint fails after this)
-        return (build_backbone(args.width, stages), stages, *param_stats(train))
+        return (build_backbone(args.width, stages), "resnet", stages, *param_stats(train))
 
     try:
         model, p_mean, p_std, meta = load_weights(args.init)
@@ -594,6 +652,10 @@ def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
                          "the committed realtime_prn/models/uvreg-v*.npz)") from None
     args.width = float(meta.get("width", args.width))
     released = tuple(tuple(x) for x in meta.get("stages", STAGES))
+    arch = meta.get("arch", "resnet")
+    if args.blocks and arch != "resnet":
+        raise ValueError(f"--blocks deepens our resnet; {args.init} holds the {arch} backbone, "
+                         "whose shape is fixed")
     if args.blocks and stages != released:
         from realtime_prn.network.uvreg import deepen_backbone
 
@@ -603,7 +665,7 @@ def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
     else:
         stages = released
     print(f"initialised from {args.init} (step {meta.get('step')}, width {args.width}); fresh optimiser")
-    return model, stages, p_mean, p_std
+    return model, arch, stages, p_mean, p_std
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -632,7 +694,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.init:  # before minutes of labelling and caching
         if args.model != "uvreg":
             raise ValueError("--init takes a uvreg release file; use it with --model uvreg")
-        if not Path(args.init).is_file():
+        if args.init != TEACHER_INIT and not Path(args.init).is_file():
             raise FileNotFoundError(f"--init: no release file at {args.init}")
 
     import keras
@@ -670,12 +732,14 @@ def _main(args: argparse.Namespace) -> int:
         from realtime_prn.network.uvreg import build_backbone, build_uvreg_model
 
         with dtype_policy(args.precision):
-            model, stages, p_mean, p_std = uvreg_backbone(args, train, out)
+            model, arch, stages, p_mean, p_std = uvreg_backbone(args, train, out)
+        if args.freeze_bn:
+            freeze_batchnorm(model)
         extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std)}
         shown = model
         if args.precision != "fp32":
             # validate (and so choose best.npz) with the weights as they ship: an fp32 twin
-            shown = build_backbone(args.width, stages)
+            shown = build_backbone(args.width, stages, arch)
             extra["sync_predict"] = lambda: shown.set_weights(model.get_weights())
         extra["predict_model"] = build_uvreg_model(shown, p_mean, p_std, args.data)
     else:
@@ -686,7 +750,8 @@ def _main(args: argparse.Namespace) -> int:
     trainer = Trainer(model, w, train, val, a.kpt_ind, a.face_ind, batch=args.batch, lr=args.lr,
                       halve_every_steps=halve, warmup_steps=args.warmup, workers=args.workers,
                       jit=args.jit,
-                      log=lambda s: print(s, flush=True), bn_batches=args.bn_batches, **extra)
+                      log=lambda s: print(s, flush=True),
+                      bn_batches=0 if args.freeze_bn else args.bn_batches, **extra)
     if args.resume:
         if not (out / "last.npz").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.npz'}")
@@ -714,7 +779,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.resume:
         init, init_sha = trainer.state.config.get("init"), trainer.state.config.get("init_sha256")
     else:
-        init, init_sha = args.init, sha256_file(Path(args.init)) if args.init else None
+        init, init_sha = args.init, init_sha256(args)
     trainer.state.config = {"model": args.model, "width": args.width, "batch": args.batch, "lr": args.lr,
                             "halve_every_steps": halve, "warmup_steps": args.warmup, "seed": args.seed,
                             "landmark_weight": args.landmark_weight,
@@ -722,9 +787,10 @@ def _main(args: argparse.Namespace) -> int:
                             "labels": str(lpath),
                             "params": int(model.count_params()), "gmacs": count_macs(model) / 1e9,
                             "precision": args.precision, "jit": args.jit, "init": init,
+                            "freeze_bn": args.freeze_bn,
                             **({"init_sha256": init_sha} if init_sha else {}), **info}
     if args.model == "uvreg":
-        trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist(),
+        trainer.state.config.update(p_mean=p_mean.tolist(), p_std=p_std.tolist(), arch=arch,
                                     stages=[list(x) for x in stages])
     print(f"{args.model}: {model.count_params():,} params, {count_macs(model) / 1e9:.3f} GMACs; "
           f"{steps_per_epoch} steps/epoch, lr halves every {halve} steps")

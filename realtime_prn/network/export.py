@@ -130,7 +130,7 @@ def build_mb05uv_onnx(force: bool = False, data_root: str | os.PathLike | None =
 
 
 UVREG_EXPORT_VERSION = "uvreg-export/1"
-_UVREG_CODE = ("uvreg.py", "mb05uv.py", "uv_basis.py", "export.py")
+_UVREG_CODE = ("uvreg.py", "mb05.py", "mb05uv.py", "uv_basis.py", "export.py")
 
 
 def uvreg_onnx_path(weights_file: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
@@ -159,7 +159,7 @@ def build_uvreg_onnx(weights_file: str | os.PathLike, data_root: str | os.PathLi
         return path
     from realtime_prn.network.uvreg import build_uvreg_model, load_weights
 
-    backbone, p_mean, p_std, _ = load_weights(weights_file)
+    backbone, p_mean, p_std, _ = load_weights(weights_file, data_root)
     keras_to_onnx(build_uvreg_model(backbone, p_mean, p_std, data_root), path, opset=OPSET)
     return path
 

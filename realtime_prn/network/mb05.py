@@ -68,13 +68,14 @@ def _bn_weights(sd: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
 
 
 def mb05_backbone(
-    x: object, sd: dict[str, np.ndarray], name: str = "mb05", rgb_input: bool = False
+    x: object, sd: dict[str, np.ndarray] | None, name: str = "mb05", rgb_input: bool = False
 ) -> object:
     """Apply the MobileNetV1-0.5 layers to Keras tensor ``x`` (N,120,120,3) -> (N,62); weights set.
 
     ``rgb_input`` reverses conv1's input channels so the layers take normalised RGB instead of the
     BGR the weights were trained on. That is exact (a channel permutation commutes with resizing,
     normalisation and zero padding) and saves a per-pixel gather in the exported graph.
+    ``sd=None`` builds the layers only, for weights assigned afterwards (a fine-tuned release).
     """
     import keras
     from keras import layers
@@ -85,35 +86,37 @@ def mb05_backbone(
     def bn_relu(t: object, prefix: str, lname: str) -> object:
         bn = layers.BatchNormalization(epsilon=BN_EPS, name=lname)
         t = bn(t)
-        bn.set_weights(_bn_weights(sd, prefix))
+        if sd is not None:
+            bn.set_weights(_bn_weights(sd, prefix))
         return layers.ReLU(name=f"{lname}_relu")(t)
 
-    w = sd["conv1.weight"]  # OIHW, input channels in BGR order
-    if rgb_input:
-        w = w[:, ::-1]
-    conv = layers.Conv2D(w.shape[0], 3, strides=2, padding="valid", use_bias=False, name=f"{name}_conv1")
+    conv = layers.Conv2D(int(32 * WIDEN), 3, strides=2, padding="valid", use_bias=False, name=f"{name}_conv1")
     x = pad_conv(x, conv)
-    conv.set_weights([w.transpose(2, 3, 1, 0)])  # -> HWIO
+    if sd is not None:
+        w = sd["conv1.weight"]  # OIHW, input channels in BGR order
+        conv.set_weights([(w[:, ::-1] if rgb_input else w).transpose(2, 3, 1, 0)])  # -> HWIO
     x = bn_relu(x, "bn1", f"{name}_bn1")
     for blk, cin, cout, stride in BLOCKS:
         cin, cout = int(cin * WIDEN), int(cout * WIDEN)
-        wd = sd[f"{blk}.conv_dw.weight"]  # (C, 1, 3, 3)
-        assert wd.shape == (cin, 1, 3, 3), (blk, wd.shape)
         dw = layers.DepthwiseConv2D(
             3, strides=stride, padding="valid", use_bias=False, name=f"{name}_{blk}_dw"
         )
         x = pad_conv(x, dw)
-        dw.set_weights([wd.transpose(2, 3, 0, 1)])  # -> (3, 3, C, 1)
+        if sd is not None:
+            wd = sd[f"{blk}.conv_dw.weight"]  # (C, 1, 3, 3)
+            assert wd.shape == (cin, 1, 3, 3), (blk, wd.shape)
+            dw.set_weights([wd.transpose(2, 3, 0, 1)])  # -> (3, 3, C, 1)
         x = bn_relu(x, f"{blk}.bn_dw", f"{name}_{blk}_bn_dw")
-        ws = sd[f"{blk}.conv_sep.weight"]  # (O, I, 1, 1)
         sep = layers.Conv2D(cout, 1, use_bias=False, name=f"{name}_{blk}_sep")
         x = sep(x)
-        sep.set_weights([ws.transpose(2, 3, 1, 0)])
+        if sd is not None:
+            sep.set_weights([sd[f"{blk}.conv_sep.weight"].transpose(2, 3, 1, 0)])  # (O, I, 1, 1) -> HWIO
         x = bn_relu(x, f"{blk}.bn_sep", f"{name}_{blk}_bn_sep")
     x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
     fc = layers.Dense(N_PARAMS, name=f"{name}_fc")
     x = fc(x)
-    fc.set_weights([sd["fc.weight"].T, sd["fc.bias"]])
+    if sd is not None:
+        fc.set_weights([sd["fc.weight"].T, sd["fc.bias"]])
     return x
 
 

@@ -19,9 +19,10 @@ N x 256 x 256 x 3 RGB [0,1] -> 2x2 average to 128 (a bilinear half-pixel resize 
 that average) -> [-1, 1] -> backbone -> 62 -> ``UVDecoder(frame="crop")`` (mb05uv's decoder) ->
 N x 256 x 256 x 3 position map, z shifted to min 0 over covered pixels, uncovered pixels 0.
 
-Backbone: plain 3x3 convolutions with BatchNorm/ReLU and residual blocks (TF's CPU gradients of
-depthwise convolutions are slow, measured in ``training/student.py``), global average pooling and
-a linear head.
+Backbone (``arch``): ``resnet``, this project's own -- plain 3x3 convolutions with BatchNorm/ReLU and
+residual blocks, global average pooling and a linear head -- or ``mb05``, the teacher's own
+MobileNetV1-0.5 on a 120 resize of the view (:func:`teacher_backbone`), which a fine-tune starts from
+the teacher's weights with its head folded into these parameters.
 """
 
 from __future__ import annotations
@@ -34,15 +35,28 @@ import numpy as np
 
 NAME = "uvreg"
 INPUT = 128
+TEACHER_INPUT = 120  # the mb05 backbone's own input size
 N_PARAMS = 62
 #: (channels, residual blocks) per stage; each stage starts with a stride-2 3x3 conv: 64 .. 4.
 STAGES = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
 
 
-def build_backbone(width: float = 1.0, stages: tuple = STAGES) -> object:
-    """Keras model: N x 128 x 128 x 3 in [-1, 1] -> N x 62 normalised parameters."""
+#: backbone architectures a release can hold (its meta's ``arch``; files without one are resnet)
+ARCHES = ("resnet", "mb05")
+
+
+def build_backbone(width: float = 1.0, stages: tuple = STAGES, arch: str = "resnet") -> object:
+    """Keras model: N x 128 x 128 x 3 in [-1, 1] -> N x 62 normalised parameters.
+
+    ``width`` and ``stages`` shape the resnet; the mb05 backbone has the teacher's fixed shape.
+    """
     import keras
     from keras import layers as L
+
+    if arch == "mb05":
+        return _mb05_backbone(None)
+    if arch != "resnet":
+        raise ValueError(f"unknown uvreg backbone {arch!r} (one of {', '.join(ARCHES)})")
 
     def ch(c: int) -> int:
         return max(8, int(round(c * width / 8)) * 8)
@@ -65,6 +79,47 @@ def build_backbone(width: float = 1.0, stages: tuple = STAGES) -> object:
     # bf16's 8-bit mantissa would be a pixel; the layer's weights are the same either way
     x = L.Dense(N_PARAMS, name="head", kernel_initializer="zeros", dtype="float32")(x)
     return keras.Model(inp, x, name=f"{NAME}_backbone")
+
+
+def _mb05_backbone(sd: dict | None) -> object:
+    import keras
+
+    from realtime_prn.network.mb05 import mb05_backbone
+
+    inp = keras.Input((INPUT, INPUT, 3), name="image128")
+    x = _layers()[1](name="to_teacher_input")(inp)
+    return keras.Model(inp, mb05_backbone(x, sd, rgb_input=True), name=f"{NAME}_mb05_backbone")
+
+
+def teacher_backbone(p_mean: np.ndarray, p_std: np.ndarray,
+                     data_root: str | os.PathLike | None = None) -> object:
+    """The mb05 backbone holding the teacher's weights, computing the teacher's parameters in this
+    model's crop frame, normalised by ``p_mean`` / ``p_std``: where a fine-tune of the teacher starts.
+
+    Why: the fine-tunes of our own resnet (v12-v29) levelled off 0.5 NME above the teacher they
+    learn from (4.44 vs 3.91 on AFLW2000-3D's bin mean), and souping them buys ~0.01. Starting from
+    the teacher itself, the question becomes whether training on this corpus with its augmentation,
+    turned faces and flip-averaged labels moves a network that is already at the teacher's accuracy
+    (3DDFA_V2's network; our training on top). Exact apart from the input: the teacher's 3x4 camera
+    maps into its 120 frame and 3DDFA_V2's ``similar_transform`` (x-1, 120-y, z-1, then x 256/120)
+    is affine per camera row, so with the de-normalisation it folds into the fc layer's rows; the
+    input is a 120 resize of the 2x2-averaged 128 view rather than of the 256 crop (a slightly
+    softer image; measured in the tests).
+    """
+    from realtime_prn.network.mb05 import INPUT_SIZE, load_param_stats, load_state_dict
+    from realtime_prn.network.mb05uv import SCALE_120_TO_CROP as k
+
+    sd = dict(load_state_dict(data_root))
+    t_mean, t_std = (np.asarray(v, np.float64) for v in load_param_stats(data_root))
+    sign = np.ones(N_PARAMS)
+    sign[:4], sign[4:8], sign[8:12] = k, -k, k  # rows x, y, z of the camera, translation included
+    shift = np.zeros(N_PARAMS)
+    shift[3], shift[7], shift[11] = -k, INPUT_SIZE * k, -k
+    p_mean, p_std = np.asarray(p_mean, np.float64), np.asarray(p_std, np.float64)
+    gain = sign * t_std / p_std  # teacher-normalised -> ours, per output
+    sd["fc.weight"] = (sd["fc.weight"] * gain[:, None]).astype(np.float32)
+    sd["fc.bias"] = ((sign * (sd["fc.bias"] * t_std + t_mean) + shift - p_mean) / p_std).astype(np.float32)
+    return _mb05_backbone(sd)
 
 
 def with_blocks(blocks: tuple[int, ...], stages: tuple = STAGES) -> tuple:
@@ -97,7 +152,7 @@ def deepen_backbone(old: object, width: float, old_stages: tuple, new_stages: tu
     return new
 
 
-def _layers() -> type:
+def _layers() -> tuple[type, type]:
     import keras
     import tensorflow as tf
 
@@ -111,7 +166,18 @@ def _layers() -> type:
         def compute_output_shape(self, input_shape: tuple) -> tuple:
             return (input_shape[0], INPUT, INPUT, 3)
 
-    return CropTo128
+    class ViewToTeacherInput(keras.layers.Layer):
+        """128 view in [-1, 1] -> the teacher's 120 input: bilinear (half-pixel, no antialiasing, as
+        mb05uv resizes), scaled to (255 v - 127.5) / 128 for v the [0, 1] pixel."""
+
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            x = tf.image.resize(x, (TEACHER_INPUT, TEACHER_INPUT), method="bilinear", antialias=False)
+            return x * (127.5 / 128.0)
+
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return (input_shape[0], TEACHER_INPUT, TEACHER_INPUT, 3)
+
+    return CropTo128, ViewToTeacherInput
 
 
 def build_uvreg_model(backbone: object, p_mean: np.ndarray, p_std: np.ndarray,
@@ -122,7 +188,7 @@ def build_uvreg_model(backbone: object, p_mean: np.ndarray, p_std: np.ndarray,
     from realtime_prn.network.mb05uv import _keras_layers
     from realtime_prn.network.uv_basis import load_uv_basis
 
-    crop_to_128 = _layers()
+    crop_to_128 = _layers()[0]
     _, decoder = _keras_layers()
     inp = keras.Input((256, 256, 3), name="image", dtype="float32")
     params = backbone(crop_to_128(name="to_128")(inp))
@@ -132,14 +198,28 @@ def build_uvreg_model(backbone: object, p_mean: np.ndarray, p_std: np.ndarray,
 
 # --------------------------------------------------------------------------------------------
 # The shipped weights file: backbone weights (fp16) + normalisation + provenance, nothing from shared/
+# (an mb05 fine-tune holds its difference from the teacher, which stays in shared/)
 
 
 def save_weights(path: str | os.PathLike, backbone: object, p_mean: np.ndarray, p_std: np.ndarray,
-                 meta: dict) -> None:
-    """Write the release file: every backbone weight as float16, the stats as float32, meta as JSON."""
+                 meta: dict, data_root: str | os.PathLike | None = None) -> None:
+    """Write the release file: every backbone weight as float16, the stats as float32, meta as JSON.
+
+    An mb05 backbone (a fine-tune of the teacher) is written as its difference from the teacher's
+    weights (:func:`teacher_backbone` at the same output statistics), with the teacher file's sha256:
+    the teacher's weights come from shared/ and are never committed, and a fine-tune's difference is
+    ours. :func:`load_weights` adds the teacher back (and refuses another teacher file).
+    """
     from realtime_prn.io.atomic import atomic_open
 
-    arrays = {f"w{i:04d}": np.asarray(v).astype(np.float16) for i, v in enumerate(backbone.weights)}
+    values = [np.asarray(v, np.float32) for v in backbone.weights]
+    if meta.get("arch") == "mb05":
+        base = teacher_backbone(p_mean, p_std, data_root)
+        values = [v - np.asarray(b, np.float32) for v, b in zip(values, base.weights)]
+        meta = {**meta, "delta_from_teacher_sha256": _teacher_sha256(data_root)}
+    arrays = {f"w{i:04d}": v.astype(np.float16) for i, v in enumerate(values)}
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise ValueError(f"{path}: a weight does not fit float16 (inf/nan); not written")
     arrays["p_mean"] = np.asarray(p_mean, np.float32)
     arrays["p_std"] = np.asarray(p_std, np.float32)
     arrays["meta"] = np.array(json.dumps(meta))
@@ -147,20 +227,35 @@ def save_weights(path: str | os.PathLike, backbone: object, p_mean: np.ndarray, 
         np.savez_compressed(fh, **arrays)
 
 
-def load_weights(path: str | os.PathLike) -> tuple[object, np.ndarray, np.ndarray, dict]:
+def _teacher_sha256(data_root: str | os.PathLike | None) -> str:
+    from realtime_prn.paths import data_file, sha256_file
+
+    return sha256_file(data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root))
+
+
+def load_weights(path: str | os.PathLike, data_root: str | os.PathLike | None = None
+                 ) -> tuple[object, np.ndarray, np.ndarray, dict]:
     """(backbone with the file's weights, p_mean, p_std, meta); raises ValueError on a wrong file."""
     with np.load(path, allow_pickle=False) as z:
         if "meta" not in z.files or "p_mean" not in z.files:
             raise ValueError(f"{path} is not a uvreg weights file")
         meta = json.loads(str(z["meta"]))
+        arch = meta.get("arch", "resnet")
         backbone = build_backbone(float(meta.get("width", 1.0)),
-                                  tuple(tuple(s) for s in meta.get("stages", STAGES)))
+                                  tuple(tuple(s) for s in meta.get("stages", STAGES)), arch)
         keys = sorted(k for k in z.files if k.startswith("w"))
         if len(keys) != len(backbone.weights):
             raise ValueError(f"{path} holds {len(keys)} weights, "
                              f"the uvreg backbone has {len(backbone.weights)}")
-        for v, k in zip(backbone.weights, keys):
+        p_mean, p_std = z["p_mean"].astype(np.float32), z["p_std"].astype(np.float32)
+        base = [0.0] * len(keys)
+        if "delta_from_teacher_sha256" in meta:
+            if _teacher_sha256(data_root) != meta["delta_from_teacher_sha256"]:
+                raise ValueError(f"{path} is a fine-tune of another teacher file than "
+                                 "shared/train/tddfa_v2/mb05_120x120.npz (sha256 differs)")
+            base = [np.asarray(b, np.float32) for b in teacher_backbone(p_mean, p_std, data_root).weights]
+        for v, k, b in zip(backbone.weights, keys, base):
             if tuple(v.shape) != z[k].shape:
                 raise ValueError(f"{path}: weight {k} has shape {z[k].shape}, expected {tuple(v.shape)}")
-            v.assign(z[k].astype(np.float32))
-        return backbone, z["p_mean"].astype(np.float32), z["p_std"].astype(np.float32), meta
+            v.assign(z[k].astype(np.float32) + b)
+        return backbone, p_mean, p_std, meta
