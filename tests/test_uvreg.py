@@ -1287,6 +1287,9 @@ def test_init_teacher_trains_and_ships_the_teacher_fine_tune(tmp_path, train_too
     assert train_tool.main(split + ["--out", str(tmp_path / "v"), "--validate-onnx", str(release)]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["val_nme68"] == pytest.approx(end["val_nme68"], abs=2e-3), (got["val_nme68"], end)
-    # --blocks deepens our resnet only: one line, non-zero
-    deepen = ["--init", "teacher", "--blocks", "0", "1", "2", "2", "2", "--steps", "0"]
-    assert train_tool.main(split + ["--out", str(tmp_path / "b"), *deepen]) != 0
+    # --blocks deepens our resnet only: one usage line before any labelling
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_tool.parse_args(split + ["--init", "teacher", "--blocks", "0", "1", "2", "2", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "fixed shape" in err[0]

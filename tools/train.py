@@ -609,6 +609,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"not {len(args.soup_weights)}")
         if min(args.soup_weights) <= 0:
             p.error("--soup-weights must all be positive")
+    if args.init == TEACHER_INIT and args.blocks:  # before minutes of labelling
+        p.error("--blocks deepens our resnet; the teacher's mb05 (--init teacher) has its own fixed shape")
     if args.warmup < 0:
         p.error(f"--warmup is a number of steps, 0 or more, not {args.warmup}")
     return args
@@ -636,8 +638,6 @@ def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
         return (build_backbone(args.width, stages, arch), arch, stages, np.asarray(ck["p_mean"], np.float32),
                 np.asarray(ck["p_std"], np.float32))
     if args.init == TEACHER_INIT and not args.resume:
-        if args.blocks:
-            raise ValueError("--blocks deepens our resnet; the teacher's mb05 has its own fixed shape")
         p_mean, p_std = param_stats(train)
         print("initialised from the teacher (3DDFA_V2 mb05, its head folded into these output statistics); "
               "fresh optimiser")
