@@ -1240,7 +1240,7 @@ def test_teacher_fine_tune_release_holds_only_its_difference(tmp_path, crop_stat
     for a, b in zip(loaded.weights, tuned.weights):
         assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-4
     assert np.array_equal(lm, p_mean) and np.array_equal(ls, p_std)
-    monkeypatch.setattr(uvreg, "_teacher_sha256", lambda data_root: "0" * 64)
+    monkeypatch.setattr(uvreg, "teacher_sha256", lambda data_root: "0" * 64)
     with pytest.raises(ValueError, match="another teacher file"):
         uvreg.load_weights(path)
 

@@ -276,9 +276,9 @@ def init_sha256(args: argparse.Namespace) -> str | None:
     if not args.init:
         return None
     if args.init == TEACHER_INIT:
-        from realtime_prn.paths import data_file
+        from realtime_prn.network.uvreg import teacher_sha256
 
-        return sha256_file(data_file("train", "tddfa_v2", "mb05_120x120.npz", override=args.data))
+        return teacher_sha256(args.data)
     return sha256_file(Path(args.init))
 
 
@@ -542,8 +542,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "XLA's depthwise convolutions are ~8x slower)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="uvreg: keep every BatchNorm in inference mode with its statistics as they are "
-                        "(and no --bn-batches recalibration): for fine-tuning the teacher, whose statistics "
-                        "come from its own training data")
+                        "(--bn-batches recalibrates none of them): for fine-tuning the teacher, whose "
+                        "statistics come from its own training data")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps on random data, exit")
     p.add_argument("--export", action="store_true",
@@ -750,8 +750,7 @@ def _main(args: argparse.Namespace) -> int:
     trainer = Trainer(model, w, train, val, a.kpt_ind, a.face_ind, batch=args.batch, lr=args.lr,
                       halve_every_steps=halve, warmup_steps=args.warmup, workers=args.workers,
                       jit=args.jit,
-                      log=lambda s: print(s, flush=True),
-                      bn_batches=0 if args.freeze_bn else args.bn_batches, **extra)
+                      log=lambda s: print(s, flush=True), bn_batches=args.bn_batches, **extra)
     if args.resume:
         if not (out / "last.npz").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out / 'last.npz'}")

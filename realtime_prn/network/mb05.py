@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 
@@ -42,9 +43,14 @@ BLOCKS: tuple[tuple[str, int, int, int], ...] = (
 )
 
 
+def weights_path(data_root: str | os.PathLike | None = None) -> Path:
+    """The teacher's weights file in shared/ (its sha256 ties a fine-tune of it to this file)."""
+    return data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root)
+
+
 def load_state_dict(data_root: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """The torch state_dict as numpy, with the 'module.' prefix stripped and fc_param -> fc."""
-    path = data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root)
+    path = weights_path(data_root)
     out: dict[str, np.ndarray] = {}
     with np.load(path) as z:
         for key in z.files:

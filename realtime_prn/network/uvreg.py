@@ -216,7 +216,7 @@ def save_weights(path: str | os.PathLike, backbone: object, p_mean: np.ndarray, 
     if meta.get("arch") == "mb05":
         base = teacher_backbone(p_mean, p_std, data_root)
         values = [v - np.asarray(b, np.float32) for v, b in zip(values, base.weights)]
-        meta = {**meta, "delta_from_teacher_sha256": _teacher_sha256(data_root)}
+        meta = {**meta, "delta_from_teacher_sha256": teacher_sha256(data_root)}
     arrays = {f"w{i:04d}": v.astype(np.float16) for i, v in enumerate(values)}
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise ValueError(f"{path}: a weight does not fit float16 (inf/nan); not written")
@@ -227,10 +227,12 @@ def save_weights(path: str | os.PathLike, backbone: object, p_mean: np.ndarray, 
         np.savez_compressed(fh, **arrays)
 
 
-def _teacher_sha256(data_root: str | os.PathLike | None) -> str:
-    from realtime_prn.paths import data_file, sha256_file
+def teacher_sha256(data_root: str | os.PathLike | None = None) -> str:
+    """The sha256 of the teacher's weights file: what an mb05 release's difference applies to."""
+    from realtime_prn.network.mb05 import weights_path
+    from realtime_prn.paths import sha256_file
 
-    return sha256_file(data_file("train", "tddfa_v2", "mb05_120x120.npz", override=data_root))
+    return sha256_file(weights_path(data_root))
 
 
 def load_weights(path: str | os.PathLike, data_root: str | os.PathLike | None = None
@@ -240,22 +242,23 @@ def load_weights(path: str | os.PathLike, data_root: str | os.PathLike | None = 
         if "meta" not in z.files or "p_mean" not in z.files:
             raise ValueError(f"{path} is not a uvreg weights file")
         meta = json.loads(str(z["meta"]))
-        arch = meta.get("arch", "resnet")
-        backbone = build_backbone(float(meta.get("width", 1.0)),
-                                  tuple(tuple(s) for s in meta.get("stages", STAGES)), arch)
+        p_mean, p_std = z["p_mean"].astype(np.float32), z["p_std"].astype(np.float32)
+        delta = "delta_from_teacher_sha256" in meta
+        if delta:  # the teacher at these statistics is the base the file's differences add to
+            if teacher_sha256(data_root) != meta["delta_from_teacher_sha256"]:
+                raise ValueError(f"{path} is a fine-tune of another teacher file than "
+                                 "shared/train/tddfa_v2/mb05_120x120.npz (sha256 differs)")
+            backbone = teacher_backbone(p_mean, p_std, data_root)
+        else:
+            backbone = build_backbone(float(meta.get("width", 1.0)),
+                                      tuple(tuple(s) for s in meta.get("stages", STAGES)),
+                                      meta.get("arch", "resnet"))
         keys = sorted(k for k in z.files if k.startswith("w"))
         if len(keys) != len(backbone.weights):
             raise ValueError(f"{path} holds {len(keys)} weights, "
                              f"the uvreg backbone has {len(backbone.weights)}")
-        p_mean, p_std = z["p_mean"].astype(np.float32), z["p_std"].astype(np.float32)
-        base = [0.0] * len(keys)
-        if "delta_from_teacher_sha256" in meta:
-            if _teacher_sha256(data_root) != meta["delta_from_teacher_sha256"]:
-                raise ValueError(f"{path} is a fine-tune of another teacher file than "
-                                 "shared/train/tddfa_v2/mb05_120x120.npz (sha256 differs)")
-            base = [np.asarray(b, np.float32) for b in teacher_backbone(p_mean, p_std, data_root).weights]
-        for v, k, b in zip(backbone.weights, keys, base):
+        for v, k in zip(backbone.weights, keys):
             if tuple(v.shape) != z[k].shape:
                 raise ValueError(f"{path}: weight {k} has shape {z[k].shape}, expected {tuple(v.shape)}")
-            v.assign(z[k].astype(np.float32) + b)
+            v.assign(z[k].astype(np.float32) + (np.asarray(v) if delta else 0.0))
         return backbone, p_mean, p_std, meta
