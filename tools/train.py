@@ -129,9 +129,12 @@ def freeze_batchnorm(model: object) -> int:
 
 
 def requested_arch(args: argparse.Namespace) -> str:
-    """The uvreg backbone a new run trains: the teacher's mb05 with ``--init teacher``, else resnet
-    (a release given to ``--init`` brings its own)."""
-    return "mb05" if args.init == TEACHER_INIT else "resnet"
+    """The uvreg backbone a new run trains: the teacher's mb05 with ``--init teacher`` (reading the
+    crop, or the 128 view with ``--teacher-input view``), else resnet (a release given to ``--init``
+    brings its own)."""
+    if args.init != TEACHER_INIT:
+        return "resnet"
+    return "mb05" if args.teacher_input == "view" else "mb05crop"
 
 
 def requested_stages(args: argparse.Namespace) -> tuple:
@@ -173,7 +176,7 @@ def benchmark(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     extra: dict = {}
     if args.model == "uvreg":
-        from realtime_prn.network.uvreg import INPUT, N_PARAMS, build_backbone
+        from realtime_prn.network.uvreg import N_PARAMS, build_backbone, input_size
         from realtime_prn.training.labels import PosmapDecoder
 
         with dtype_policy(args.precision):
@@ -182,7 +185,8 @@ def benchmark(args: argparse.Namespace) -> int:
         w = run_loss_weights(args, a, dec.covered)
         extra["loss_fn"] = uvreg_loss(dec.rows, w, np.zeros(N_PARAMS, np.float32),
                                       np.ones(N_PARAMS, np.float32))
-        x = rng.uniform(-1, 1, (args.batch, INPUT, INPUT, 3)).astype(np.float32)
+        side = input_size(requested_arch(args))
+        x = rng.uniform(-1, 1, (args.batch, side, side, 3)).astype(np.float32)
         y = rng.normal(0, 1, (args.batch, N_PARAMS)).astype(np.float32)
     else:
         with dtype_policy(args.precision):
@@ -540,6 +544,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "a fine-tune, not --resume. 'teacher': start from 3DDFA_V2's mb05 teacher itself "
                         "(its network and weights, the mb05 backbone; train it in fp32 without --jit, "
                         "XLA's depthwise convolutions are ~8x slower)")
+    p.add_argument("--teacher-input", choices=("crop", "view"), default=None,
+                   help="with --init teacher: what the teacher's network reads -- 'crop' (default): a "
+                        "120 resize of the 256 crop, mb05uv's own input, so training starts at mb05uv "
+                        "exactly; 'view': a 120 resize of uvreg's 2x2-averaged 128 view (session 20's "
+                        "t1; softer, AFLW2000-3D bin mean 4.001 vs 3.908 before training)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="uvreg: keep every BatchNorm in inference mode with its statistics as they are "
                         "(--bn-batches recalibrates none of them): for fine-tuning the teacher, whose "
@@ -609,6 +618,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"not {len(args.soup_weights)}")
         if min(args.soup_weights) <= 0:
             p.error("--soup-weights must all be positive")
+    if args.teacher_input and args.init != TEACHER_INIT:
+        p.error("--teacher-input chooses what --init teacher reads; use it with --init teacher")
     if args.init == TEACHER_INIT and args.blocks:  # before minutes of labelling
         p.error("--blocks deepens our resnet; the teacher's mb05 (--init teacher) has its own fixed shape")
     if args.warmup < 0:
@@ -641,7 +652,8 @@ def uvreg_backbone(args: argparse.Namespace, train, out: Path) -> tuple:
         p_mean, p_std = param_stats(train)
         print("initialised from the teacher (3DDFA_V2 mb05, its head folded into these output statistics); "
               "fresh optimiser")
-        return teacher_backbone(p_mean, p_std, args.data), "mb05", STAGES, p_mean, p_std
+        arch = requested_arch(args)
+        return teacher_backbone(p_mean, p_std, args.data, arch), arch, STAGES, p_mean, p_std
     if not args.init or args.resume:  # fresh (a --resume without a checkpoint fails after this)
         return (build_backbone(args.width, stages), "resnet", stages, *param_stats(train))
 
@@ -729,10 +741,11 @@ def _main(args: argparse.Namespace) -> int:
     keras.utils.set_random_seed(args.seed)
     extra: dict = {}
     if args.model == "uvreg":
-        from realtime_prn.network.uvreg import build_backbone, build_uvreg_model
+        from realtime_prn.network.uvreg import build_backbone, build_uvreg_model, input_size
 
         with dtype_policy(args.precision):
             model, arch, stages, p_mean, p_std = uvreg_backbone(args, train, out)
+        train.input_size = val.input_size = input_size(arch)
         if args.freeze_bn:
             freeze_batchnorm(model)
         extra = {"loss_fn": uvreg_loss(train.decoder.rows, w, p_mean, p_std)}

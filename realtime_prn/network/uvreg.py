@@ -20,9 +20,11 @@ that average) -> [-1, 1] -> backbone -> 62 -> ``UVDecoder(frame="crop")`` (mb05u
 N x 256 x 256 x 3 position map, z shifted to min 0 over covered pixels, uncovered pixels 0.
 
 Backbone (``arch``): ``resnet``, this project's own -- plain 3x3 convolutions with BatchNorm/ReLU and
-residual blocks, global average pooling and a linear head -- or ``mb05``, the teacher's own
-MobileNetV1-0.5 on a 120 resize of the view (:func:`teacher_backbone`), which a fine-tune starts from
-the teacher's weights with its head folded into these parameters.
+residual blocks, global average pooling and a linear head -- or the teacher's own MobileNetV1-0.5
+(:func:`teacher_backbone`), which a fine-tune starts from the teacher's weights with its head folded
+into these parameters: ``mb05crop`` reads a 120 resize of the 256 crop (mb05uv's own input, so the
+teacher's start is mb05uv exactly), ``mb05`` a 120 resize of the 2x2-averaged 128 view (session 20's
+release; a softer image that cost the untrained teacher 0.09 NME on AFLW2000-3D).
 """
 
 from __future__ import annotations
@@ -42,19 +44,27 @@ STAGES = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
 
 
 #: backbone architectures a release can hold (its meta's ``arch``; files without one are resnet)
-ARCHES = ("resnet", "mb05")
+ARCHES = ("resnet", "mb05", "mb05crop")
+#: backbones that are the teacher's network (a release of one stores its difference from the teacher)
+TEACHER_ARCHES = ("mb05", "mb05crop")
+
+
+def input_size(arch: str) -> int:
+    """Side of the backbone's input: the 128 view, or the teacher's 120 input for ``mb05crop``."""
+    return TEACHER_INPUT if arch == "mb05crop" else INPUT
 
 
 def build_backbone(width: float = 1.0, stages: tuple = STAGES, arch: str = "resnet") -> object:
-    """Keras model: N x 128 x 128 x 3 in [-1, 1] -> N x 62 normalised parameters.
+    """Keras model: N x 128 x 128 x 3 view in [-1, 1] (``mb05crop``: the teacher's 120 input) -> N x 62
+    normalised parameters.
 
-    ``width`` and ``stages`` shape the resnet; the mb05 backbone has the teacher's fixed shape.
+    ``width`` and ``stages`` shape the resnet; the mb05 backbones have the teacher's fixed shape.
     """
     import keras
     from keras import layers as L
 
-    if arch == "mb05":
-        return _mb05_backbone(None)
+    if arch in TEACHER_ARCHES:
+        return _mb05_backbone(None, arch)
     if arch != "resnet":
         raise ValueError(f"unknown uvreg backbone {arch!r} (one of {', '.join(ARCHES)})")
 
@@ -81,18 +91,22 @@ def build_backbone(width: float = 1.0, stages: tuple = STAGES, arch: str = "resn
     return keras.Model(inp, x, name=f"{NAME}_backbone")
 
 
-def _mb05_backbone(sd: dict | None) -> object:
+def _mb05_backbone(sd: dict | None, arch: str) -> object:
     import keras
 
     from realtime_prn.network.mb05 import mb05_backbone
 
-    inp = keras.Input((INPUT, INPUT, 3), name="image128")
-    x = _layers()[1](name="to_teacher_input")(inp)
+    if arch == "mb05crop":  # the teacher's normalised 120 input, made from the crop by build_uvreg_model
+        inp = keras.Input((TEACHER_INPUT, TEACHER_INPUT, 3), name="image120")
+        x = inp
+    else:
+        inp = keras.Input((INPUT, INPUT, 3), name="image128")
+        x = _layers()[1](name="to_teacher_input")(inp)
     return keras.Model(inp, mb05_backbone(x, sd, rgb_input=True), name=f"{NAME}_mb05_backbone")
 
 
 def teacher_backbone(p_mean: np.ndarray, p_std: np.ndarray,
-                     data_root: str | os.PathLike | None = None) -> object:
+                     data_root: str | os.PathLike | None = None, arch: str = "mb05crop") -> object:
     """The mb05 backbone holding the teacher's weights, computing the teacher's parameters in this
     model's crop frame, normalised by ``p_mean`` / ``p_std``: where a fine-tune of the teacher starts.
 
@@ -102,9 +116,9 @@ def teacher_backbone(p_mean: np.ndarray, p_std: np.ndarray,
     turned faces and flip-averaged labels moves a network that is already at the teacher's accuracy
     (3DDFA_V2's network; our training on top). Exact apart from the input: the teacher's 3x4 camera
     maps into its 120 frame and 3DDFA_V2's ``similar_transform`` (x-1, 120-y, z-1, then x 256/120)
-    is affine per camera row, so with the de-normalisation it folds into the fc layer's rows; the
-    input is a 120 resize of the 2x2-averaged 128 view rather than of the 256 crop (a slightly
-    softer image; measured in the tests).
+    is affine per camera row, so with the de-normalisation it folds into the fc layer's rows. With
+    ``arch="mb05crop"`` the input is mb05uv's too, so the model is mb05uv exactly; ``"mb05"`` reads the
+    2x2-averaged 128 view instead (softer: AFLW2000-3D GT-crop bin mean 4.001 against 3.908).
     """
     from realtime_prn.network.mb05 import INPUT_SIZE, load_param_stats, load_state_dict
     from realtime_prn.network.mb05uv import SCALE_120_TO_CROP as k
@@ -119,7 +133,7 @@ def teacher_backbone(p_mean: np.ndarray, p_std: np.ndarray,
     gain = sign * t_std / p_std  # teacher-normalised -> ours, per output
     sd["fc.weight"] = (sd["fc.weight"] * gain[:, None]).astype(np.float32)
     sd["fc.bias"] = ((sign * (sd["fc.bias"] * t_std + t_mean) + shift - p_mean) / p_std).astype(np.float32)
-    return _mb05_backbone(sd)
+    return _mb05_backbone(sd, arch)
 
 
 def with_blocks(blocks: tuple[int, ...], stages: tuple = STAGES) -> tuple:
@@ -182,16 +196,23 @@ def _layers() -> tuple[type, type]:
 
 def build_uvreg_model(backbone: object, p_mean: np.ndarray, p_std: np.ndarray,
                       data_root: str | os.PathLike | None = None) -> object:
-    """The PRN-I/O model around ``backbone``: N x 256 x 256 x 3 RGB [0,1] -> position map."""
+    """The PRN-I/O model around ``backbone``: N x 256 x 256 x 3 RGB [0,1] -> position map.
+
+    The crop becomes what the backbone reads by its input size: the 128 view (2x2 average), or for
+    ``mb05crop`` (120) the teacher's input exactly as mb05uv makes it.
+    """
     import keras
 
     from realtime_prn.network.mb05uv import _keras_layers
     from realtime_prn.network.uv_basis import load_uv_basis
 
-    crop_to_128 = _layers()[0]
-    _, decoder = _keras_layers()
+    to_teacher, decoder = _keras_layers()
     inp = keras.Input((256, 256, 3), name="image", dtype="float32")
-    params = backbone(crop_to_128(name="to_128")(inp))
+    if backbone.input_shape[1] == TEACHER_INPUT:
+        view = to_teacher(name="to_teacher_input")(inp)
+    else:
+        view = _layers()[0](name="to_128")(inp)
+    params = backbone(view)
     pos = decoder(load_uv_basis(data_root), p_mean, p_std, frame="crop", name="posmap")(params)
     return keras.Model(inp, pos, name=NAME)
 
@@ -213,8 +234,8 @@ def save_weights(path: str | os.PathLike, backbone: object, p_mean: np.ndarray, 
     from realtime_prn.io.atomic import atomic_open
 
     values = [np.asarray(v, np.float32) for v in backbone.weights]
-    if meta.get("arch") == "mb05":
-        base = teacher_backbone(p_mean, p_std, data_root)
+    if meta.get("arch") in TEACHER_ARCHES:
+        base = teacher_backbone(p_mean, p_std, data_root, meta["arch"])
         values = [v - np.asarray(b, np.float32) for v, b in zip(values, base.weights)]
         meta = {**meta, "delta_from_teacher_sha256": teacher_sha256(data_root)}
     arrays = {f"w{i:04d}": v.astype(np.float16) for i, v in enumerate(values)}
@@ -248,7 +269,7 @@ def load_weights(path: str | os.PathLike, data_root: str | os.PathLike | None = 
             if teacher_sha256(data_root) != meta["delta_from_teacher_sha256"]:
                 raise ValueError(f"{path} is a fine-tune of another teacher file than "
                                  "shared/train/tddfa_v2/mb05_120x120.npz (sha256 differs)")
-            backbone = teacher_backbone(p_mean, p_std, data_root)
+            backbone = teacher_backbone(p_mean, p_std, data_root, meta.get("arch", "mb05"))
         else:
             backbone = build_backbone(float(meta.get("width", 1.0)),
                                       tuple(tuple(s) for s in meta.get("stages", STAGES)),

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from realtime_prn.crop import RES, region_from_landmarks
-from realtime_prn.network.uvreg import INPUT, N_PARAMS
+from realtime_prn.network.uvreg import INPUT, N_PARAMS, TEACHER_INPUT
 from realtime_prn.training.augment import (
     NO_AUGMENT,
     AugmentConfig,
@@ -338,6 +338,7 @@ class UVRegData:
     seed: int
     synthetic: np.ndarray | None = None  # (N,) bool: rows made by synthesise_large_poses
     mirror: LabelMirror | None = None  # needed when cfg.flip_prob > 0
+    input_size: int = INPUT  # what the backbone reads (uvreg.input_size of its arch)
 
     def __len__(self) -> int:
         return len(self.q_cache)
@@ -363,7 +364,7 @@ class UVRegData:
 
     def train_sample(self, epoch: int, pos: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         crop, q, _ = self.sample(row, np.random.default_rng([self.seed, epoch, pos]), self.cfg)
-        return to_input(crop), q
+        return to_input(crop, self.input_size), q
 
     def eval_sample(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The un-augmented 256 crop and its full label map (for the PRN-I/O model's validation)."""
@@ -385,8 +386,15 @@ class _Base:
 _CACHE_AS_CROP = _Base(np.linalg.inv(cache_matrix()))
 
 
-def to_input(crop256: np.ndarray) -> np.ndarray:
-    """The network's 128 input in [-1, 1]: the exact 2x2 average of the 256 crop (== model's to_128)."""
+def to_input(crop256: np.ndarray, size: int = INPUT) -> np.ndarray:
+    """What the backbone reads, as the PRN-I/O model makes it from the 256 RGB [0, 1] crop: the 128
+    view in [-1, 1] (the exact 2x2 average, == its to_128), or the teacher's normalised 120 input
+    (half-pixel bilinear without antialiasing, == mb05uv's to_teacher_input)."""
+    if size == TEACHER_INPUT:
+        small = cv2.resize(np.asarray(crop256, np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        return (small * np.float32(255 / 128) - np.float32(127.5 / 128)).astype(np.float32)
+    if size != INPUT:
+        raise ValueError(f"no backbone reads a {size} input (128 view, or the teacher's 120)")
     small = crop256.reshape(INPUT, 2, INPUT, 2, 3).mean(axis=(1, 3))
     return (small * 2.0 - 1.0).astype(np.float32)
 
