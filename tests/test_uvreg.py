@@ -422,6 +422,10 @@ def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
     assert len(err) == 1 and "cannot average" in err[0] and "p std differ" in err[0], err
     assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "missing")]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
+    # the teacher joins only fine-tunes of the teacher
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a"), "teacher"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a fine-tune of the teacher" in err[0], err
 
 
 def test_bf16_without_bf16_hardware_is_warned(tmp_path, train_tool, capsys, monkeypatch):
@@ -1308,6 +1312,18 @@ def test_init_teacher_trains_and_ships_the_teacher_fine_tune(tmp_path, train_too
     assert train_tool.main(split + ["--out", str(tmp_path / "v"), "--validate-onnx", str(release)]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["val_nme68"] == pytest.approx(end["val_nme68"], abs=2e-3), (got["val_nme68"], end)
+    # WiSE-FT in one command: the run souped with the teacher stores half the run's differences
+    wise = tmp_path / "uvreg-w.npz"
+    assert train_tool.main(["--model", "uvreg", "--export", "--soup", str(run), "teacher", "--checkpoint",
+                            "last", "--release", str(wise), "--manifest", str(tmp_path / "m.json")]) == 0
+    with np.load(wise) as z:
+        halves = [z[k].astype(np.float32) for k in sorted(k for k in z.files if k.startswith("w"))]
+    big = max(range(len(stored)), key=lambda i: np.abs(stored[i]).max())
+    assert np.abs(stored[big]).max() > 1e-3  # a real difference to halve
+    for h, full in zip(halves, stored):
+        assert np.abs(h - 0.5 * full.astype(np.float32)).max() <= 1e-3 * max(1.0, np.abs(full).max())
+    soup = json.loads((tmp_path / "m.json").read_text())["uvreg"]["soup"]
+    assert [("teacher" in m, m["weight"]) for m in soup] == [(False, 1.0), (True, 1.0)]
     # --blocks deepens our resnet only: one usage line before any labelling
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:

@@ -341,19 +341,36 @@ def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[flo
     inference cost: on AFLW2000-3D it beat the release where none of its runs alone did. Only runs
     of one network with one output scale can be averaged; BatchNorm statistics are averaged too.
     ``shares`` weight the members (default equal), so a release that is already the mean of N runs
-    can join with weight N.
+    can join with weight N. A member named ``teacher`` is the teacher itself at the runs' output
+    scale: a teacher fine-tune souped with it is WiSE-FT (Wortsman et al. 2022), the weight-space
+    interpolation between the start and the fine-tune, which on AFLW2000-3D beat the fine-tune alone.
     """
-    nets, weights, records = zip(*(_soup_member(m, checkpoint, data_root) for m in members))
+    is_teacher = [str(m) == TEACHER_INIT for m in members]
+    if all(is_teacher):
+        raise ValueError("--soup teacher needs a run or release of a teacher fine-tune beside it")
+    runs = {i: _soup_member(m, checkpoint, data_root) for i, m in enumerate(members) if not is_teacher[i]}
+    first = members[min(runs)]
+    ref = runs[min(runs)][0]
+    if any(is_teacher):
+        from realtime_prn.network.uvreg import TEACHER_ARCHES, teacher_backbone, teacher_sha256
+
+        if ref["arch"] not in TEACHER_ARCHES:
+            raise ValueError(f"--soup teacher: {first} is a {ref['arch']} network, not a fine-tune of the "
+                             "teacher (--init teacher)")
+        start = [np.asarray(v, np.float32) for v in
+                 teacher_backbone(ref["p_mean"], ref["p_std"], data_root, ref["arch"]).weights]
+        record = {"teacher": "3DDFA_V2 mb05_120x120", "sha256": teacher_sha256(data_root)}
+        runs.update({i: (ref, start, record) for i, t in enumerate(is_teacher) if t})
+    nets, weights, records = zip(*(runs[i] for i in range(len(members))))
     shares = [1.0] * len(members) if shares is None else [float(x) for x in shares]
-    ref = nets[0]
     for m, net, w in zip(members[1:], nets[1:], weights[1:]):
         for key in ("arch", "width", "stages", "p_mean", "p_std"):
             if not np.array_equal(np.asarray(net[key]), np.asarray(ref[key])):
                 what = key.replace("_", " ")
-                raise ValueError(f"cannot average {m} with {members[0]}: their {what} differ "
+                raise ValueError(f"cannot average {m} with {first}: their {what} differ "
                                  "(only fine-tunes of one release share a network and output scale)")
         if [x.shape for x in w] != [x.shape for x in weights[0]]:
-            raise ValueError(f"cannot average {m} with {members[0]}: their weights' shapes differ")
+            raise ValueError(f"cannot average {m} with {first}: their weights' shapes differ")
     total = sum(shares)
     avg = [(sum(s * np.asarray(w[i], np.float64) for s, w in zip(shares, weights)) / total).astype(np.float32)
            for i in range(len(weights[0]))]
@@ -558,10 +575,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true",
                    help="export <out>/<--checkpoint>.npz (student/resfcn256: fp32/fp16 ONNX; "
                         "uvreg: the release file + manifest), exit")
-    p.add_argument("--soup", nargs="+", default=None, metavar="RUN_DIR|RELEASE",
+    p.add_argument("--soup", nargs="+", default=None, metavar="RUN_DIR|RELEASE|teacher",
                    help="uvreg --export: write the average of these runs' --checkpoint weights "
                         "(fine-tunes of one release, e.g. engines/train/uvreg-v12 ...-v13 ...-v14); a "
-                        "release .npz (e.g. an earlier soup) joins as one member")
+                        "release .npz (e.g. an earlier soup) joins as one member; 'teacher' joins the "
+                        "teacher itself beside fine-tunes of it (WiSE-FT: --soup RUN teacher)")
     p.add_argument("--soup-weights", nargs="+", type=float, default=None, metavar="W",
                    help="with --soup: one weight per member (default equal), e.g. 5 1 for a five-run "
                         "soup release and one new run")
