@@ -18,7 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None,
-                   help="'mb05uv' (default), an official PRN checkpoint prefix or an .onnx file")
+                   help="'uvreg' (default: the trained release), 'mb05uv', a uvreg .npz, an official PRN "
+                        "checkpoint prefix or an .onnx file")
     p.add_argument("--int8", action="store_true", help="also an int8 QDQ ONNX (calibrated on real faces)")
     p.add_argument("--tensorrt", action="store_true", help="also a TensorRT plan (needs an NVIDIA GPU)")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"],

@@ -30,7 +30,7 @@ class Options:
     """Everything that chooses how faces are found and reconstructed.
 
     ``engine``: onnxruntime (CPU default) | tensorflow | tensorrt. ``weights``: see
-    ``realtime_prn.weights`` (default the built-in ``mb05uv``). ``detector``: blazeface |
+    ``realtime_prn.weights`` (default ``uvreg``, the trained release). ``detector``: blazeface |
     haar | scrfd | dlib. ``max_faces``: keep the N largest (0 = all). ``flip``: also run each
     crop's mirror image and average the two position maps (``engines.flip``): lower landmark
     error for twice the engine work, so off by default (the real-time path). ``refine``: after

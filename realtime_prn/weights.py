@@ -2,12 +2,14 @@
 
 The setting (``--weights`` or ``REALTIME_PRN_WEIGHTS``) accepts:
 
-* ``mb05uv`` (default): the built-in model — 3DDFA_V2's MobileNet regressor composed with a
-  dense BFM basis in PRN's UV layout, built locally from the shared data into ``engines/``;
+* ``uvreg`` (default since session 21): this project's own trained model (``realtime_prn/models/``,
+  sha256-checked against its manifest; the teacher's network fine-tuned here, stored as its
+  difference from the teacher's weights in shared/), or a path to any uvreg ``.npz`` written by
+  ``tools/train.py --export``;
+* ``mb05uv``: the teacher as it is — 3DDFA_V2's MobileNet regressor composed with a dense BFM
+  basis in PRN's UV layout, built locally from the shared data into ``engines/``;
 * an official PRN checkpoint prefix (``…/256_256_resfcn256_weight``, with its ``.index`` and
   ``.data-00000-of-00001``): loaded by name into resfcn256;
-* ``uvreg``: this project's own trained model (``realtime_prn/models/``, sha256-checked against
-  its manifest), or a path to any uvreg ``.npz`` written by ``tools/train.py --export``;
 * an ``.onnx`` file exported by ``build_engine.py`` (ONNX Runtime / TensorRT engines only).
 
 Anything else fails with one line saying what was expected and where to get it: random
@@ -26,7 +28,7 @@ from .paths import PROJECT_ROOT, engines_dir, sha256_file
 from .paths import data_root as resolve_data_root
 
 ENV_WEIGHTS = "REALTIME_PRN_WEIGHTS"
-DEFAULT_WEIGHTS = "mb05uv"
+DEFAULT_WEIGHTS = "uvreg"
 OFFICIAL_URL = "https://drive.google.com/file/d/1UoE-XuW1SDLUjZmJPkIZ1MLxvQFgmTFH/view"
 OFFICIAL_DATA_BYTES = 160_290_984
 

@@ -330,10 +330,11 @@ def test_to_aflw_angles_on_real_images(aflw, recon):
 
 
 def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
-    """The tool on the first 20 images. Bounds: the full run gives 2D NME 3.48 % (GT crop) and
-    3.66 % (detector), the first 20 give 2.93 % / 3.19 %; PRN's paper reports 3.27 %. A wrong crop,
+    """The tool on the first 20 images, default weights. Bounds: the release (uvreg-wise-t2) gives
+    2D NME 3.381 % (GT crop) and 3.453 % (BlazeFace, refined) on all 2000, 2.828 % / 2.895 % on
+    the first 20 (mb05uv: 3.48 / 3.57, 2.93 / 3.03); PRN's paper reports 3.27 %. A wrong crop,
     landmark order or frame lands far above 10 %, so < 5 % separates working from broken with a
-    wide margin. Pose: the 20 give 2.9 deg (GT crop); without the yaw flip of to_aflw_angles they
+    wide margin. Pose: the 20 give 2.9 deg with mb05uv (GT crop); without the yaw flip of to_aflw_angles they
     give 17.9, so < 8 catches a convention slip."""
     out = tmp_path / "eval"
     cmd = [sys.executable, str(TOOL), "--limit", "20", "--data", str(aflw), "--out", str(out)]
@@ -375,7 +376,9 @@ def test_tool_end_to_end_limit_20(aflw, recon, tmp_path):
 def test_corrupt_degrades_the_same_pixels_each_run(aflw, recon, tmp_path):
     """--corrupt: each image degraded the same way in every run (noise seeded by the image), less
     detail for blur / resampling; the run records it in its label and config, and a model still
-    finds the faces (GT crop, first 20: the clean run's 2.93 % rises but stays far below broken)."""
+    finds the faces (GT crop, first 20, the default weights: the clean run's 2.828 % rises to 2.867 %
+    and stays far below broken; mb05uv's 2.93 % likewise). The clean run is made here, so the test
+    holds for whatever the default weights are."""
     import cv2
 
     sys.path.insert(0, str(TOOL.parent))
@@ -397,15 +400,18 @@ def test_corrupt_degrades_the_same_pixels_each_run(aflw, recon, tmp_path):
             assert detail(bad) < 0.5 * detail(clean), kind
     assert not np.array_equal(load_frame(ds, 1, "noise") - load_frame(ds, 1),
                               load_frame(ds, 2, "noise") - load_frame(ds, 2))
-    out = tmp_path / "eval"
-    cmd = [sys.executable, str(TOOL), "--limit", "20", "--crop", "gt", "--corrupt", "resample",
-           "--data", str(aflw), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads((out / "results.json").read_text())
+    got = {}
+    for corrupt in ([], ["--corrupt", "resample"]):
+        out = tmp_path / f"eval{len(corrupt)}"
+        cmd = [sys.executable, str(TOOL), "--limit", "20", "--crop", "gt", *corrupt,
+               "--data", str(aflw), "--out", str(out)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got[bool(corrupt)] = res = json.loads((out / "results.json").read_text())
     assert res["label"].endswith("-resample-limit20") and "--corrupt resample" in res["command"]
     assert res["config"]["corrupt"] == {"kind": "resample", "strength": CORRUPTIONS["resample"]}
-    assert 2.93 < res["results"]["gt"]["nme2d"]["all"] < 8.0
+    clean = got[False]["results"]["gt"]["nme2d"]["all"]
+    assert clean < res["results"]["gt"]["nme2d"]["all"] < 8.0
 
 
 @pytest.mark.parametrize("args", [["--limit", "0"], ["--engine", "nope"], ["--data", "/nonexistent/x"],

@@ -1318,10 +1318,10 @@ def test_init_teacher_trains_and_ships_the_teacher_fine_tune(tmp_path, train_too
                             "last", "--release", str(wise), "--manifest", str(tmp_path / "m.json")]) == 0
     with np.load(wise) as z:
         halves = [z[k].astype(np.float32) for k in sorted(k for k in z.files if k.startswith("w"))]
-    big = max(range(len(stored)), key=lambda i: np.abs(stored[i]).max())
-    assert np.abs(stored[big]).max() > 1e-3  # a real difference to halve
-    for h, full in zip(halves, stored):
-        assert np.abs(h - 0.5 * full.astype(np.float32)).max() <= 1e-3 * max(1.0, np.abs(full).max())
+    assert max(np.abs(f).max() for f in stored) > 1e-5  # three small steps, but a difference to halve
+    for h, full in zip(halves, stored):  # to fp16 rounding (subnormal below 6e-5: steps of 6e-8)
+        full = full.astype(np.float32)
+        assert np.abs(h - 0.5 * full).max() <= 0.01 * np.abs(full).max() + 1e-7
     soup = json.loads((tmp_path / "m.json").read_text())["uvreg"]["soup"]
     assert [("teacher" in m, m["weight"]) for m in soup] == [(False, 1.0), (True, 1.0)]
     # --blocks deepens our resnet only: one usage line before any labelling

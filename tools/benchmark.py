@@ -173,8 +173,8 @@ def bench_stages(args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mb05uv", "uvreg", "resfcn256"],
-                   help="mb05uv (default weights), uvreg (our trained weights) and/or resfcn256 "
-                        "(random weights: speed only)")
+                   help="mb05uv (the teacher as it is), uvreg (our trained weights, the default) and/or "
+                        "resfcn256 (random weights: speed only)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--runs", type=int, default=7, help="timed runs per figure (median)")
     p.add_argument("--threads", type=int, default=None)

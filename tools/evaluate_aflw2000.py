@@ -146,10 +146,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def weights_label(weights: str | None) -> str:
+def weights_setting(weights: str | None) -> str:
+    """The weights a run uses: the flag, else the environment, else the package default."""
     from realtime_prn.weights import DEFAULT_WEIGHTS, ENV_WEIGHTS
 
-    weights = weights or os.environ.get(ENV_WEIGHTS) or DEFAULT_WEIGHTS
+    return weights or os.environ.get(ENV_WEIGHTS) or DEFAULT_WEIGHTS
+
+
+def weights_label(weights: str | None) -> str:
+    weights = weights_setting(weights)
     if weights in ("mb05uv", "uvreg"):
         return weights
     path = Path(weights)
@@ -183,7 +188,7 @@ def reproduce_command(args: argparse.Namespace, out: Path) -> str:
         exe_s = str(exe)
     parts = [exe_s, os.path.relpath(Path(__file__).resolve(), Path.cwd())
              if Path(__file__).resolve().is_relative_to(Path.cwd()) else str(Path(__file__).resolve()),
-             "--engine", args.engine, "--weights", args.weights or "mb05uv",
+             "--engine", args.engine, "--weights", weights_setting(args.weights),
              "--precision", args.precision, "--crop", args.crop]
     if args.crop != "gt":
         parts += ["--detector", args.detector, "--refine", str(args.refine)]
@@ -594,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "label": label,
         "command": command,
-        "config": {"engine": args.engine, "weights": args.weights or "mb05uv", "precision": args.precision,
+        "config": {"engine": args.engine, "weights": weights_setting(args.weights),
+                   "precision": args.precision,
                    "crop": args.crop, "detector": args.detector if args.crop != "gt" else None,
                    "landmarks": args.landmarks, "limit": args.limit, "batch": args.batch,
                    "threads": args.threads, "flip": args.flip, "landmark_scale": rec.options.landmark_scale,
