@@ -16,7 +16,8 @@ augmented training labels; those travel with the weights.
 
 Graph (PRN I/O; every op exports to ONNX opset 17):
 N x 256 x 256 x 3 RGB [0,1] -> 2x2 average to 128 (a bilinear half-pixel resize by exactly 1/2 is
-that average) -> [-1, 1] -> backbone -> 62 -> ``UVDecoder(frame="crop")`` (mb05uv's decoder) ->
+that average) -> [-1, 1] (``mb05crop``: mb05uv's own 120 resize and normalisation instead) ->
+backbone -> 62 -> ``UVDecoder(frame="crop")`` (mb05uv's decoder) ->
 N x 256 x 256 x 3 position map, z shifted to min 0 over covered pixels, uncovered pixels 0.
 
 Backbone (``arch``): ``resnet``, this project's own -- plain 3x3 convolutions with BatchNorm/ReLU and
