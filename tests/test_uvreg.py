@@ -372,28 +372,77 @@ def test_export_with_the_wrong_model_is_one_line(tmp_path, train_tool, capsys):
                             "--release", str(rel)]) == 0
 
 
+_STAGES = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
+
+
+def _save_run(run, bb, p_mean, p_std, i=0, width=0.25):
+    """``bb`` saved as the run directory ``run``'s best.npz with these output statistics."""
+    from realtime_prn.training import trainer as trainer_mod
+
+    tr = trainer_mod.Trainer(bb, np.ones((256, 256), np.float32), None, None, None, None,
+                             log=lambda s: None)
+    tr.state.step = 10 + i
+    tr.state.config = {"width": width, "p_mean": list(p_mean), "p_std": list(p_std),
+                       "stages": [list(x) for x in _STAGES], "data_seed": i}
+    tr.state.history = [{"step": 10 + i, "val_nme68": 2.0 + i, "val_score": 2.5 + i}]
+    run.mkdir()
+    tr.save(run / "best.npz")
+
+
 def _random_runs(tmp_path, seed, p_mean, p_stds):
     """Small uvreg runs a, b, c with random weights, saved as <name>/best.npz; their backbones."""
     from realtime_prn.network.uvreg import build_backbone
-    from realtime_prn.training import trainer as trainer_mod
 
-    stages = ((24, 0), (48, 1), (96, 1), (192, 1), (320, 1))
     rng = np.random.default_rng(seed)
     backbones = []
     for i, (name, p_std) in enumerate(zip(("a", "b", "c"), p_stds)):
-        bb = build_backbone(0.25, stages)
+        bb = build_backbone(0.25, _STAGES)
         for v in bb.weights:
             v.assign(rng.standard_normal(v.shape).astype(np.float32))
-        tr = trainer_mod.Trainer(bb, np.ones((256, 256), np.float32), None, None, None, None,
-                                 log=lambda s: None)
-        tr.state.step = 10 + i
-        tr.state.config = {"width": 0.25, "p_mean": [p_mean] * 62, "p_std": [p_std] * 62,
-                           "stages": [list(x) for x in stages], "data_seed": i}
-        tr.state.history = [{"step": 10 + i, "val_nme68": 2.0 + i, "val_score": 2.5 + i}]
-        (tmp_path / name).mkdir()
-        tr.save(tmp_path / name / "best.npz")
+        _save_run(tmp_path / name, bb, [p_mean] * 62, [p_std] * 62, i)
         backbones.append(bb)
     return backbones
+
+
+def test_soup_restates_heads_of_other_output_statistics(tmp_path, train_tool):
+    """Runs that measured different output statistics soup in the first one's scale: a run restated
+    into other statistics predicts the same parameters, so its soup with the original is the
+    original (to fp16); with an unrelated run the heads average as the parameters they mean."""
+    pytest.importorskip("tensorflow")
+    from realtime_prn.network.uvreg import build_backbone, load_weights, restate_head
+
+    (a, _, c) = _random_runs(tmp_path, 2, 0.0, (1.0, 1.0, 1.0))
+    rng = np.random.default_rng(3)
+    m_a, s_a = rng.normal(0, 1, 62), rng.uniform(0.5, 2, 62)
+    m_b, s_b = rng.normal(0, 1, 62), rng.uniform(0.5, 2, 62)
+    x = rng.uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
+
+    def params(bb, mean, std):
+        return np.asarray(bb(x, training=False), np.float64) * std + mean
+
+    restated = build_backbone(0.25, _STAGES)
+    restated.set_weights(restate_head(a, [np.asarray(v) for v in a.weights], (m_a, s_a), (m_b, s_b)))
+    np.testing.assert_allclose(params(restated, m_b, s_b), params(a, m_a, s_a), rtol=1e-4, atol=1e-4)
+    _save_run(tmp_path / "a1", a, m_a, s_a)
+    _save_run(tmp_path / "a2", restated, m_b, s_b, 1)
+    rel = tmp_path / "rel" / "uvreg-soup.npz"
+    common = ["--model", "uvreg", "--export", "--out", str(tmp_path / "a1"), "--release", str(rel)]
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a1"), str(tmp_path / "a2")]) == 0
+    soup, p_mean, p_std, meta = load_weights(rel)
+    np.testing.assert_array_equal(p_std, s_a.astype(np.float32))  # the first member's scale
+    assert [r.get("head_restated", False) for r in meta["soup"]] == [False, True]
+    want = params(a, m_a, s_a)
+    np.testing.assert_allclose(params(soup, p_mean, p_std), want, atol=3e-3 * np.abs(want).max())
+
+    _save_run(tmp_path / "c2", c, m_b, s_b, 2)
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a1"), str(tmp_path / "c2")]) == 0
+    soup = load_weights(rel)[0]
+    head = len(soup.weights) - 2  # the Dense head's kernel and bias close the list
+    for j, (w_a, w_c, got) in enumerate(zip(a.weights[head:], c.weights[head:], soup.weights[head:])):
+        offset = (m_a, m_b) if j else (0.0, 0.0)
+        mean_param = (np.asarray(w_a) * s_a + offset[0] + np.asarray(w_c) * s_b + offset[1]) / 2
+        np.testing.assert_allclose(np.asarray(got) * s_a + (m_a if j else 0.0), mean_param,
+                                   rtol=2e-3, atol=2e-3)
 
 
 def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
@@ -402,7 +451,7 @@ def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
     import json
 
     pytest.importorskip("tensorflow")
-    from realtime_prn.network.uvreg import load_weights
+    from realtime_prn.network.uvreg import build_backbone, load_weights
 
     backbones = _random_runs(tmp_path, 0, 0.0, (1.0, 1.0, 2.0))
     release = tmp_path / "rel" / "uvreg-soup.npz"
@@ -417,9 +466,10 @@ def test_soup_export_averages_runs_of_one_network(tmp_path, train_tool, capsys):
         ("a", 10, 2.5, {"data_seed": 0}), ("b", 11, 3.5, {"data_seed": 1})]
     assert "step" not in entry and meta["soup"] == entry["soup"]
     capsys.readouterr()
-    assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    _save_run(tmp_path / "wide", build_backbone(0.5, _STAGES), [0.0] * 62, [1.0] * 62, width=0.5)
+    assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "wide")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot average" in err[0] and "p std differ" in err[0], err
+    assert len(err) == 1 and "cannot average" in err[0] and "width differ" in err[0], err
     assert train_tool.main(common + ["--soup", str(tmp_path / "a"), str(tmp_path / "missing")]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
     # the teacher joins only fine-tunes of the teacher

@@ -80,6 +80,7 @@ from realtime_prn.training.uvreg_data import SYNTH_DEG, SYNTH_METHODS  # noqa: E
 
 #: ``--init teacher``: fine-tune 3DDFA_V2's mb05 itself (network and weights) instead of a release
 TEACHER_INIT = "teacher"
+TEACHER_NAME = "3DDFA_V2 mb05_120x120"  # how records name the teacher, as init or as a soup member
 
 
 @contextlib.contextmanager
@@ -297,7 +298,7 @@ def _init_record(cfg: dict) -> dict:
     if not init:
         return {}
     digest = cfg.get("init_sha256") or (sha256_file(Path(init)) if Path(init).is_file() else None)
-    name = "3DDFA_V2 mb05_120x120 (the teacher)" if init == TEACHER_INIT else Path(init).name
+    name = f"{TEACHER_NAME} (the teacher)" if init == TEACHER_INIT else Path(init).name
     return {"init_from": name, **({"init_sha256": digest} if digest else {})}
 
 
@@ -339,7 +340,9 @@ def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[flo
     Why: fine-tunes of one release (v13, v14 from v12) each land beside it in weight space, and their
     mean (a "model soup", Wortsman et al. 2022) averages away part of each run's own noise at no
     inference cost: on AFLW2000-3D it beat the release where none of its runs alone did. Only runs
-    of one network with one output scale can be averaged; BatchNorm statistics are averaged too.
+    of one network can be averaged; BatchNorm statistics are averaged too. A member with other output
+    statistics than the first has its head restated into the first's (:func:`restate_head`), so heads
+    average as the parameters they predict.
     ``shares`` weight the members (default equal), so a release that is already the mean of N runs
     can join with weight N. A member named ``teacher`` is the teacher itself at the runs' output
     scale: a teacher fine-tune souped with it is WiSE-FT (Wortsman et al. 2022), the weight-space
@@ -359,18 +362,24 @@ def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[flo
                              "teacher (--init teacher)")
         start = [np.asarray(v, np.float32) for v in
                  teacher_backbone(ref["p_mean"], ref["p_std"], data_root, ref["arch"]).weights]
-        record = {"teacher": "3DDFA_V2 mb05_120x120", "sha256": teacher_sha256(data_root)}
+        record = {"teacher": TEACHER_NAME, "sha256": teacher_sha256(data_root)}
         runs.update({i: (ref, start, record) for i, t in enumerate(is_teacher) if t})
     nets, weights, records = zip(*(runs[i] for i in range(len(members))))
     shares = [1.0] * len(members) if shares is None else [float(x) for x in shares]
-    for m, net, w in zip(members[1:], nets[1:], weights[1:]):
-        for key in ("arch", "width", "stages", "p_mean", "p_std"):
+    weights, records = list(weights), list(records)
+    for i, (m, net, w) in enumerate(zip(members, nets, weights)):
+        for key in ("arch", "width", "stages"):
             if not np.array_equal(np.asarray(net[key]), np.asarray(ref[key])):
-                what = key.replace("_", " ")
-                raise ValueError(f"cannot average {m} with {first}: their {what} differ "
-                                 "(only fine-tunes of one release share a network and output scale)")
+                raise ValueError(f"cannot average {m} with {first}: their {key} differ "
+                                 "(only runs of one network can be averaged)")
         if [x.shape for x in w] != [x.shape for x in weights[0]]:
             raise ValueError(f"cannot average {m} with {first}: their weights' shapes differ")
+        if not all(np.array_equal(net[k], ref[k]) for k in ("p_mean", "p_std")):
+            from realtime_prn.network.uvreg import build_backbone, restate_head
+
+            shape = build_backbone(ref["width"], tuple(tuple(x) for x in ref["stages"]), ref["arch"])
+            weights[i] = restate_head(shape, w, (net["p_mean"], net["p_std"]), (ref["p_mean"], ref["p_std"]))
+            records[i] = {**records[i], "head_restated": True}
     total = sum(shares)
     avg = [(sum(s * np.asarray(w[i], np.float64) for s, w in zip(shares, weights)) / total).astype(np.float32)
            for i in range(len(weights[0]))]

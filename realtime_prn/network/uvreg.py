@@ -137,6 +137,29 @@ def teacher_backbone(p_mean: np.ndarray, p_std: np.ndarray,
     return _mb05_backbone(sd, arch)
 
 
+def restate_head(backbone: object, weights: list[np.ndarray], stats: tuple, to_stats: tuple
+                 ) -> list[np.ndarray]:
+    """``weights`` (of ``backbone``'s network, normalised by ``stats`` = (p_mean, p_std)) with the
+    last Dense layer re-expressed for ``to_stats``: the de-normalised parameters stay the same.
+
+    Why: each run measures its own output statistics on its own synthetic bank, so two runs of one
+    start (the teacher) land in different output scales and their heads cannot be averaged as they
+    are. Restated into one scale, averaging the heads is averaging what they mean (the 62
+    parameters), whichever member's scale is chosen: p = (W x + b) s + m is affine in (W, b).
+    """
+    import keras
+
+    mean, std = (np.asarray(v, np.float64) for v in stats)
+    to_mean, to_std = (np.asarray(v, np.float64) for v in to_stats)
+    head = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Dense)][-1]
+    paths = [v.path for v in backbone.weights]
+    k, b = paths.index(head.kernel.path), paths.index(head.bias.path)
+    out = list(weights)
+    out[k] = (np.asarray(weights[k], np.float64) * (std / to_std)).astype(np.float32)
+    out[b] = ((np.asarray(weights[b], np.float64) * std + mean - to_mean) / to_std).astype(np.float32)
+    return out
+
+
 def with_blocks(blocks: tuple[int, ...], stages: tuple = STAGES) -> tuple:
     """``stages`` with each stage's residual block count replaced by ``blocks``."""
     if len(blocks) != len(stages):
