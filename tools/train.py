@@ -367,6 +367,7 @@ def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[flo
     nets, weights, records = zip(*(runs[i] for i in range(len(members))))
     shares = [1.0] * len(members) if shares is None else [float(x) for x in shares]
     weights, records = list(weights), list(records)
+    shape = None  # the members' network, built once if a head needs restating (to find the head)
     for i, (m, net, w) in enumerate(zip(members, nets, weights)):
         for key in ("arch", "width", "stages"):
             if not np.array_equal(np.asarray(net[key]), np.asarray(ref[key])):
@@ -377,7 +378,8 @@ def soup_weights(members: list[Path], checkpoint: str = "best", shares: list[flo
         if not all(np.array_equal(net[k], ref[k]) for k in ("p_mean", "p_std")):
             from realtime_prn.network.uvreg import build_backbone, restate_head
 
-            shape = build_backbone(ref["width"], tuple(tuple(x) for x in ref["stages"]), ref["arch"])
+            if shape is None:
+                shape = build_backbone(ref["width"], tuple(tuple(x) for x in ref["stages"]), ref["arch"])
             weights[i] = restate_head(shape, w, (net["p_mean"], net["p_std"]), (ref["p_mean"], ref["p_std"]))
             records[i] = {**records[i], "head_restated": True}
     total = sum(shares)

@@ -130,11 +130,26 @@ def teacher_backbone(p_mean: np.ndarray, p_std: np.ndarray,
     sign[:4], sign[4:8], sign[8:12] = k, -k, k  # rows x, y, z of the camera, translation included
     shift = np.zeros(N_PARAMS)
     shift[3], shift[7], shift[11] = -k, INPUT_SIZE * k, -k
-    p_mean, p_std = np.asarray(p_mean, np.float64), np.asarray(p_std, np.float64)
-    gain = sign * t_std / p_std  # teacher-normalised -> ours, per output
-    sd["fc.weight"] = (sd["fc.weight"] * gain[:, None]).astype(np.float32)
-    sd["fc.bias"] = ((sign * (sd["fc.bias"] * t_std + t_mean) + shift - p_mean) / p_std).astype(np.float32)
+    kernel, sd["fc.bias"] = _renormalised(sd["fc.weight"].T, sd["fc.bias"], (t_mean, t_std), (p_mean, p_std),
+                                          sign, shift)  # teacher-normalised -> ours, per output
+    sd["fc.weight"] = kernel.T
     return _mb05_backbone(sd, arch)
+
+
+def _renormalised(kernel: np.ndarray, bias: np.ndarray, stats: tuple, to_stats: tuple,
+                  sign: np.ndarray | float = 1.0, shift: np.ndarray | float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel, bias) of a linear head (output on the kernel's last axis) whose outputs, de-normalised
+    by ``stats`` = (mean, std) and mapped by ``sign`` p + ``shift``, come out normalised by ``to_stats``.
+
+    Why one function: the teacher's head folds into our crop frame (:func:`teacher_backbone`) and a
+    run's head moves into another run's output scale (:func:`restate_head`) by the same affine algebra.
+    """
+    mean, std = (np.asarray(v, np.float64) for v in stats)
+    to_mean, to_std = (np.asarray(v, np.float64) for v in to_stats)
+    k = (np.asarray(kernel, np.float64) * (sign * std / to_std)).astype(np.float32)
+    b = ((sign * (np.asarray(bias, np.float64) * std + mean) + shift - to_mean) / to_std).astype(np.float32)
+    return k, b
 
 
 def restate_head(backbone: object, weights: list[np.ndarray], stats: tuple, to_stats: tuple
@@ -149,14 +164,11 @@ def restate_head(backbone: object, weights: list[np.ndarray], stats: tuple, to_s
     """
     import keras
 
-    mean, std = (np.asarray(v, np.float64) for v in stats)
-    to_mean, to_std = (np.asarray(v, np.float64) for v in to_stats)
     head = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Dense)][-1]
     paths = [v.path for v in backbone.weights]
     k, b = paths.index(head.kernel.path), paths.index(head.bias.path)
     out = list(weights)
-    out[k] = (np.asarray(weights[k], np.float64) * (std / to_std)).astype(np.float32)
-    out[b] = ((np.asarray(weights[b], np.float64) * std + mean - to_mean) / to_std).astype(np.float32)
+    out[k], out[b] = _renormalised(weights[k], weights[b], stats, to_stats)
     return out
 
 
