@@ -43,9 +43,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +276,15 @@ def _release_record(state: dict, checkpoint: str) -> dict:
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **_init_record(cfg),
             "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg}}
+
+
+def is_release_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an npz holding a release's meta and output statistics (cheap: no weights read)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "meta" in z.files and "p_mean" in z.files
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
 
 
 def init_sha256(args: argparse.Namespace) -> str | None:
@@ -572,6 +583,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "a fine-tune, not --resume. 'teacher': start from 3DDFA_V2's mb05 teacher itself "
                         "(its network and weights, the mb05 backbone; train it in fp32 without --jit, "
                         "XLA's depthwise convolutions are ~8x slower)")
+    p.add_argument("--relabel", default=None, metavar="RELEASE",
+                   help="uvreg: self-distillation -- label the training set's real faces with this "
+                        "release's predictions averaged over 8 views (4 small jitters, each plain and "
+                        "mirrored) instead of the teacher's (~4 min, kept in engines/train/); turned faces "
+                        "keep their exact labels and validation keeps the teacher's, so scores compare "
+                        "with earlier runs")
     p.add_argument("--teacher-input", choices=("crop", "view"), default=None,
                    help="with --init teacher: what the teacher's network reads -- 'crop' (default): a "
                         "120 resize of the 256 crop, mb05uv's own input, so training starts at mb05uv "
@@ -737,6 +754,14 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError("--init takes a uvreg release file; use it with --model uvreg")
         if args.init != TEACHER_INIT and not Path(args.init).is_file():
             raise FileNotFoundError(f"--init: no release file at {args.init}")
+    if args.relabel:
+        if args.model != "uvreg":
+            raise ValueError("--relabel takes a uvreg release file; use it with --model uvreg")
+        if not Path(args.relabel).is_file():
+            raise FileNotFoundError(f"--relabel: no release file at {args.relabel}")
+        if not is_release_file(args.relabel):  # before minutes of caching and turning faces
+            raise ValueError(f"--relabel: {args.relabel} is not a uvreg release file (expected one like "
+                             "the committed realtime_prn/models/uvreg-*.npz)")
 
     import keras
 
@@ -757,7 +782,8 @@ def _main(args: argparse.Namespace) -> int:
                                                args.synth_method, args.recrop, args.synth_pitch,
                                                args.backgrounds, args.data_seed, mirrored,
                                                args.synth_source_bias, args.synth_max_padding,
-                                               None if args.no_synth_cache else engines_dir() / "train")
+                                               None if args.no_synth_cache else engines_dir() / "train",
+                                               args.relabel)
     else:
         train, val, info = make_datasets(labels, args.seed, args.val_fraction, args.val_max, cfg, args.data,
                                          yaw=args.yaw_prob > 0)

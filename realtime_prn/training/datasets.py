@@ -107,7 +107,8 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                         recrop: bool = True, synth_pitch: float = 0.0, backgrounds: bool = False,
                         data_seed: int | None = None, mirrored: object | None = None,
                         synth_source_bias: float = 0.0, synth_max_padding: float | None = None,
-                        bank_dir: str | os.PathLike | None = None) -> tuple[object, object, dict]:
+                        bank_dir: str | os.PathLike | None = None,
+                        relabel: str | os.PathLike | None = None) -> tuple[object, object, dict]:
     """Train / val UVRegData (cached face images, see ``training/uvreg_data.py``), split by group;
     ``synth`` / ``val_synth`` large-pose faces, turned by ``synth_deg`` degrees, synthesised from the
     training / validation faces join their set (validation ones only from held-out groups);
@@ -128,7 +129,10 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     is at most that much padding (:func:`uvreg_data.crop_padding`: real context round the head, no
     pasted square); the validation bank is unchanged, so scores compare. ``bank_dir``: keep the
     turned faces there and reload them when the same inputs come again (a ``--resume``; see
-    :mod:`training.synth_bank`); None synthesises every time."""
+    :mod:`training.synth_bank`); None synthesises every time. ``relabel`` (a release file): the
+    training set's real faces take that release's view-averaged predictions as labels instead of
+    the teacher's (self-distillation, :mod:`training.relabel`; kept in ``bank_dir``); turned faces
+    and validation keep theirs."""
     import cv2
 
     from realtime_prn.training.labels import PosmapDecoder
@@ -141,7 +145,7 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                 data_seed=seed if data_seed is None else data_seed)
     dec = PosmapDecoder()
     mirror = None
-    if cfg.flip_prob or mirrored is not None:
+    if cfg.flip_prob or mirrored is not None or relabel is not None:
         from realtime_prn.assets import load_assets
 
         mirror = LabelMirror(dec, load_assets(data_root).face_mask)
@@ -161,7 +165,7 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
     cv2.setNumThreads(2)
 
     def subset(rows: np.ndarray, c: AugmentConfig, n_turned: int, s: int, aug_seed: int,
-               bias: float = 0.0, max_padding: float | None = None) -> object:
+               bias: float = 0.0, max_padding: float | None = None, relabel_with: object = None) -> object:
         second = None if mirrored is None else (mirrored.params[rows], mirrored.roi[rows], mirrored.ok[rows])
         padding = np.zeros(len(rows)) if max_padding is not None else None
         cache, q = build_cache(labels.landmarks[rows], loader(rows), labels.params[rows], labels.roi[rows],
@@ -183,8 +187,22 @@ def make_uvreg_datasets(labels: object, seed: int, val_fraction: float, val_max:
                 c2, q2 = cached_large_poses(bank_dir, cache, q, dec, n_turned, s, **kw)
             cache, q = np.concatenate([cache, c2]), np.concatenate([q, q2])
             turned = np.concatenate([turned, np.ones(n_turned, bool)])
+        if relabel_with is not None:
+            # after the bank: turned faces were rendered from (and keep) the teacher's labels
+            from realtime_prn.training.relabel import cached_view_averaged_labels
+
+            real = np.flatnonzero(~turned)
+            new, path, cached = cached_view_averaged_labels(bank_dir, relabel_with, cache, q, real, mirror,
+                                                            data_root)
+            move = np.hypot(new[:, 3] - q[real, 3], new[:, 7] - q[real, 7]).mean()  # camera origin, px
+            q = q.copy()
+            q[real] = new
+            info.update(relabel=str(relabel_with), n_relabelled=len(real))
+            print(f"relabelled {len(real)} real faces with {relabel_with}'s view-averaged predictions"
+                  f"{' (cached)' if cached else ''}{f' -> {path}' if path else ''}; the labels' origin "
+                  f"moved {move:.2f} cache px on average")
         return UVRegData(cache, q, dec, c, aug_seed, turned, mirror)
 
     ds = info["data_seed"]
-    train = subset(tr, cfg, synth, ds, ds, synth_source_bias, synth_max_padding)
+    train = subset(tr, cfg, synth, ds, ds, synth_source_bias, synth_max_padding, relabel)
     return train, subset(va, NO_AUGMENT, val_synth, seed + 1, seed), info
