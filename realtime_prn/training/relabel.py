@@ -17,6 +17,10 @@ plain or mirrored. Each view's prediction is moved back to the cache frame (the 
 similarity exactly; a mirrored view's label is mirrored back in parameter space by
 :class:`uvreg_data.LabelMirror`, exact to ~0.25 % of the face) and the 62 numbers are averaged,
 as :func:`uvreg_data.flip_averaged` does for the teacher's two labels.
+
+Measured (session 23, README "Self-distillation"): fine-tuning the release on these labels did not gain.
+At lr 3e-5 it left the soup and landed where a fine-tune from the teacher lands (3.930). At 3e-6 it was
+worse beyond noise (3.856 vs 3.810). The option stays for a control run and for other releases.
 """
 from __future__ import annotations
 
