@@ -20,7 +20,9 @@ as :func:`uvreg_data.flip_averaged` does for the teacher's two labels.
 
 Measured (session 23, README "Self-distillation"): fine-tuning the release on these labels did not gain.
 At lr 3e-5 it left the soup and landed where a fine-tune from the teacher lands (3.930). At 3e-6 it was
-worse beyond noise (3.856 vs 3.810). The option stays for a control run and for other releases.
+worse beyond noise (3.856 vs 3.810). A control on the teacher's labels lost more at 2,000 steps (3.895 vs
+3.882): the loss is the fine-tune leaving the soup. The labels themselves help a little, so use them in
+fine-tunes from the teacher that are souped afterwards.
 """
 from __future__ import annotations
 
