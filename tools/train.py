@@ -43,11 +43,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -276,15 +274,6 @@ def _release_record(state: dict, checkpoint: str) -> dict:
             **{k: val[k] for k in ("val_nme68_real", "val_nme68_turned", "val_score") if k in val},
             **_init_record(cfg),
             "synth": {k: cfg[k] for k in UVREG_DATA_KEYS if k in cfg}}
-
-
-def is_release_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an npz holding a release's meta and output statistics (cheap: no weights read)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "meta" in z.files and "p_mean" in z.files
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
 
 
 def init_sha256(args: argparse.Namespace) -> str | None:
@@ -759,6 +748,8 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError("--relabel takes a uvreg release file; use it with --model uvreg")
         if not Path(args.relabel).is_file():
             raise FileNotFoundError(f"--relabel: no release file at {args.relabel}")
+        from realtime_prn.network.uvreg import is_release_file
+
         if not is_release_file(args.relabel):  # before minutes of caching and turning faces
             raise ValueError(f"--relabel: {args.relabel} is not a uvreg release file (expected one like "
                              "the committed realtime_prn/models/uvreg-*.npz)")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -292,11 +293,25 @@ def teacher_sha256(data_root: str | os.PathLike | None = None) -> str:
     return sha256_file(weights_path(data_root))
 
 
+#: What makes an npz a uvreg weights file, beside its weight arrays.
+RELEASE_KEYS = ("meta", "p_mean")
+
+
+def is_release_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a uvreg weights file, without reading its weights: a tool that will load
+    one after minutes of data preparation checks it first."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return all(k in z.files for k in RELEASE_KEYS)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
 def load_weights(path: str | os.PathLike, data_root: str | os.PathLike | None = None
                  ) -> tuple[object, np.ndarray, np.ndarray, dict]:
     """(backbone with the file's weights, p_mean, p_std, meta); raises ValueError on a wrong file."""
     with np.load(path, allow_pickle=False) as z:
-        if "meta" not in z.files or "p_mean" not in z.files:
+        if not all(k in z.files for k in RELEASE_KEYS):
             raise ValueError(f"{path} is not a uvreg weights file")
         meta = json.loads(str(z["meta"]))
         p_mean, p_std = z["p_mean"].astype(np.float32), z["p_std"].astype(np.float32)

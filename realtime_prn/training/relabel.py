@@ -31,12 +31,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from realtime_prn.crop import RES
 from realtime_prn.io.atomic import atomic_open
-from realtime_prn.training.augment import similarity_about_centre
+from realtime_prn.training.augment import similarity_about_centre, warp_crop
 from realtime_prn.training.uvreg_data import _CACHE_AS_CROP, move_params, to_input
 
 #: Bump when what :func:`view_averaged_labels` makes for the same inputs changes.
@@ -69,9 +68,7 @@ def view_averaged_labels(cache: np.ndarray, rows: np.ndarray, predict: Predict, 
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
         for m, inv in zip(mats, back):
-            crops = np.stack([cv2.cvtColor(cv2.warpAffine(cache[r], m[:2], (RES, RES), flags=cv2.INTER_LINEAR,
-                                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0),
-                                           cv2.COLOR_BGR2RGB) for r in chunk]).astype(np.float32) / 255
+            crops = np.stack([warp_crop(cache[r], m) for r in chunk])
             plain = predict(crops)
             flipped = predict(np.ascontiguousarray(crops[:, :, ::-1]))
             for i in range(len(chunk)):
